@@ -1,0 +1,6 @@
+"""DINO models: the ViT backbone and the self-distillation model."""
+
+from keras_dino.models.vit_backbone import VARIANTS
+from keras_dino.models.vit_backbone import ViTBackbone
+
+__all__ = ["VARIANTS", "ViTBackbone"]
