@@ -127,6 +127,29 @@ class ViTBackbone(keras.Model):
             )
         return cls(**{**VARIANTS[name], **kwargs})
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds a backbone with pretrained DINO weights.
+
+        Args:
+            preset: `"dino_vits16"`, `"dino_vits8"`, `"dino_vitb16"`,
+                `"dino_vitb8"` (downloaded once into the Keras cache), or a
+                local `.pth` / `.safetensors` file, Hugging Face model
+                directory, or `file://` / `https://` URL. Reference DINO,
+                Hugging Face ViT and full training checkpoints are read
+                without executing pickled code.
+            load_weights: when false, build the preset's architecture only.
+            **kwargs: `checkpoint_key` ("teacher" or "student"),
+                `file_hash` (SHA-256 to check), `cache_dir`, or
+                `ViTBackbone` arguments overriding the inferred config.
+
+        Example:
+        >>> backbone = ViTBackbone.from_preset("dino_vits16")
+        """
+        from keras_dino.weights.presets import load_backbone
+
+        return load_backbone(preset, load_weights=load_weights, **kwargs)
+
     def _tokens(self, images, training=None):
         return self.patch_embedding(
             ops.convert_to_tensor(images, dtype=self.compute_dtype)
