@@ -13,6 +13,7 @@ from keras_dino.weights.convert import to_reference_names
 from keras_dino.weights.presets import PRESETS
 from keras_dino.weights.presets import get_checkpoint_file
 from keras_dino.weights.presets import load_backbone
+from keras_dino.weights.presets import load_dino
 from keras_dino.weights.safetensors_reader import load_safetensors
 from keras_dino.weights.torch_pickle import CheckpointArgs
 from keras_dino.weights.torch_pickle import UnsafeCheckpointError
@@ -31,6 +32,7 @@ __all__ = [
     "get_checkpoint_file",
     "head_weight_map",
     "load_backbone",
+    "load_dino",
     "load_safetensors",
     "load_torch_file",
     "load_weights_file",
