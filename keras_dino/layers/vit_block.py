@@ -74,6 +74,7 @@ class ViTBlock(keras.layers.Layer):
         self.norm2.build(input_shape)
         self.mlp_fc1.build(input_shape)
         self.mlp_fc2.build(input_shape[:-1] + (self.intermediate_dim,))
+        self.drop_path.build(input_shape)
 
     def call(self, x, training=None, return_attention_scores=False):
         attn = self.attention(

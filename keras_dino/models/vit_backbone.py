@@ -63,7 +63,10 @@ class ViTBackbone(keras.Model):
     ):
         # === Layers ===
         patch_embedding = PatchEmbedding(
-            patch_size, hidden_dim, image_size, dtype=dtype,
+            patch_size,
+            hidden_dim,
+            image_size,
+            dtype=dtype,
             name="patch_embedding",
         )
         intermediate_dim = int(hidden_dim * mlp_ratio)
