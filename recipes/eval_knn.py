@@ -1,0 +1,125 @@
+r"""Weighted k-NN evaluation of frozen ViT features (DINO's eval_knn.py).
+
+Extracts L2-normalised CLS features of the train and validation images
+(resized to the backbone's input size, centre crop `--crop_fraction`,
+ImageNet normalisation) and prints the top-1 / top-5 accuracy of the
+weighted k-NN classifier for each k.
+
+Example:
+
+```
+python recipes/eval_knn.py --backbone=runs/dino/teacher_backbone.keras \
+  --train_data=/data/cifar10_train.part0.npz,/data/cifar10_train.part1.npz \
+  --val_data=/data/cifar10_val.npz --cache_dir=runs/knn_cache
+python recipes/eval_knn.py --random_init --arch=ViT-S/16 \
+  --train_data=/data/imagenette224/train --val_data=/data/imagenette224/val
+```
+"""
+
+import hashlib
+import json
+import os
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("backbone", None, "Backbone (or DINO model) .keras file.")
+flags.DEFINE_string("preset", None, "Preset / checkpoint for from_preset.")
+flags.DEFINE_string("arch", "ViT-S/16", "Variant used with --random_init.")
+flags.DEFINE_bool("random_init", False, "Randomly initialised --arch.")
+flags.DEFINE_string(
+    "train_data",
+    None,
+    "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
+)
+flags.DEFINE_string("val_data", None, "Same formats as --train_data.")
+flags.DEFINE_integer("max_train", 0, "Use at most this many (0: all).")
+flags.DEFINE_integer("max_val", 0, "Use at most this many (0: all).")
+flags.DEFINE_integer("image_size", 0, "Input size (0: backbone's).")
+flags.DEFINE_float("crop_fraction", 0.875, "Centre crop (224/256 in DINO).")
+flags.DEFINE_integer("batch_size", 64, "Feature extraction batch size.")
+flags.DEFINE_list("ks", ["10", "20", "100", "200"], "Numbers of neighbours.")
+flags.DEFINE_float("temperature", 0.07, "Temperature of the k-NN weights.")
+flags.DEFINE_integer("num_classes", 0, "Number of classes (0: infer).")
+flags.DEFINE_string("cache_dir", None, "Folder for cached .npz features.")
+flags.DEFINE_string("results_json", None, "Also write the results here.")
+flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
+flags.mark_flags_as_required(["train_data", "val_data"])
+
+
+def _cache_path(split, source, image_size):
+    if not FLAGS.cache_dir:
+        return None
+    key = "|".join(
+        str(v)
+        for v in (
+            FLAGS.backbone,
+            FLAGS.preset,
+            FLAGS.arch,
+            FLAGS.random_init,
+            FLAGS.seed,
+            source,
+            image_size,
+            FLAGS.crop_fraction,
+            FLAGS.max_train if split == "train" else FLAGS.max_val,
+        )
+    )
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return os.path.join(FLAGS.cache_dir, f"knn_{split}_{digest}.npz")
+
+
+def main(argv):
+    del argv
+    from keras_dino import evaluation
+
+    kwargs = {"image_size": FLAGS.image_size} if FLAGS.image_size else {}
+    backbone = evaluation.load_backbone(
+        path=FLAGS.backbone,
+        preset=FLAGS.preset,
+        arch=FLAGS.arch,
+        random_init=FLAGS.random_init,
+        seed=FLAGS.seed,
+        **kwargs,
+    )
+    image_size = FLAGS.image_size or backbone.image_size
+    preprocessing = evaluation.imagenet_preprocessing(
+        image_size, crop_fraction=FLAGS.crop_fraction
+    )
+    features = {}
+    for split, source, limit in (
+        ("train", FLAGS.train_data, FLAGS.max_train),
+        ("val", FLAGS.val_data, FLAGS.max_val),
+    ):
+        images, labels = evaluation.load_labeled_images(
+            source, image_size=image_size, max_examples=limit or None
+        )
+        print(f"{split}: {len(images)} images from {source}")
+        feats = evaluation.extract_features(
+            backbone,
+            images,
+            batch_size=FLAGS.batch_size,
+            preprocessing=preprocessing,
+            normalize=True,
+            cache_path=_cache_path(split, source, image_size),
+        )
+        features[split] = (feats, labels)
+    results = evaluation.knn_evaluate(
+        *features["train"],
+        *features["val"],
+        ks=[int(k) for k in FLAGS.ks],
+        temperature=FLAGS.temperature,
+        num_classes=FLAGS.num_classes or None,
+    )
+    for k, accuracy in results.items():
+        print(
+            f"{k}-NN classifier result: Top1: {accuracy['top1']:.2f}, "
+            f"Top5: {accuracy['top5']:.2f}"
+        )
+    if FLAGS.results_json:
+        with open(FLAGS.results_json, "w") as f:
+            json.dump({str(k): v for k, v in results.items()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,171 @@
+r"""Linear probe on frozen ViT features (DINO's eval_linear.py).
+
+A `Dense(num_classes)` on the concatenated CLS tokens of the last
+`--n_last_blocks` blocks (and, with `--avgpool_patchtokens`, the mean patch
+token), SGD momentum 0.9, learning rate `--lr * batch_size / 256` with a
+per-epoch cosine decay to 0, random-resized crop + flip on training images;
+prints the best validation top-1. `--fast` trains the `Dense` on features
+computed once (no augmentation), which fits a CPU.
+
+Example:
+
+```
+python recipes/eval_linear.py --backbone=runs/dino/teacher_backbone.keras \
+  --train_data=/data/imagenette224/train --val_data=/data/imagenette224/val \
+  --epochs=100 --batch_size=256
+python recipes/eval_linear.py --fast --backbone=backbone.keras \
+  --train_data=/data/cifar10_train.part0.npz --val_data=/data/cifar10_val.npz
+```
+"""
+
+import hashlib
+import json
+import os
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("backbone", None, "Backbone (or DINO model) .keras file.")
+flags.DEFINE_string("preset", None, "Preset / checkpoint for from_preset.")
+flags.DEFINE_string("arch", "ViT-S/16", "Variant used with --random_init.")
+flags.DEFINE_bool("random_init", False, "Randomly initialised --arch.")
+flags.DEFINE_string(
+    "train_data",
+    None,
+    "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
+)
+flags.DEFINE_string("val_data", None, "Same formats as --train_data.")
+flags.DEFINE_integer("max_train", 0, "Use at most this many (0: all).")
+flags.DEFINE_integer("max_val", 0, "Use at most this many (0: all).")
+flags.DEFINE_integer("image_size", 0, "Input size (0: backbone's).")
+flags.DEFINE_float("crop_fraction", 0.875, "Validation centre crop.")
+flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks.")
+flags.DEFINE_bool("avgpool_patchtokens", False, "Add mean patch token.")
+flags.DEFINE_integer("epochs", 100, "Training epochs.")
+flags.DEFINE_integer("batch_size", 128, "Batch size (scales the lr).")
+flags.DEFINE_float("lr", 0.001, "Base learning rate, for batch size 256.")
+flags.DEFINE_integer("num_classes", 0, "Number of classes (0: infer).")
+flags.DEFINE_bool("fast", False, "Train the Dense on cached features.")
+flags.DEFINE_string("cache_dir", None, "Folder for cached features (--fast).")
+flags.DEFINE_string("save_probe", None, "Save the trained probe (.keras).")
+flags.DEFINE_string("results_json", None, "Also write the results here.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialisation / augmentation.")
+flags.mark_flags_as_required(["train_data", "val_data"])
+
+
+def _cache_path(split, source, image_size):
+    if not FLAGS.cache_dir:
+        return None
+    key = "|".join(
+        str(v)
+        for v in (
+            FLAGS.backbone,
+            FLAGS.preset,
+            FLAGS.arch,
+            FLAGS.random_init,
+            FLAGS.seed,
+            source,
+            image_size,
+            FLAGS.crop_fraction,
+            FLAGS.n_last_blocks,
+            FLAGS.avgpool_patchtokens,
+            FLAGS.max_train if split == "train" else FLAGS.max_val,
+        )
+    )
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return os.path.join(FLAGS.cache_dir, f"linear_{split}_{digest}.npz")
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from keras_dino import evaluation
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    kwargs = {"image_size": FLAGS.image_size} if FLAGS.image_size else {}
+    backbone = evaluation.load_backbone(
+        path=FLAGS.backbone,
+        preset=FLAGS.preset,
+        arch=FLAGS.arch,
+        random_init=FLAGS.random_init,
+        **kwargs,
+    )
+    image_size = FLAGS.image_size or backbone.image_size
+    data = {}
+    for split, source, limit in (
+        ("train", FLAGS.train_data, FLAGS.max_train),
+        ("val", FLAGS.val_data, FLAGS.max_val),
+    ):
+        data[split] = evaluation.load_labeled_images(
+            source, image_size=image_size, max_examples=limit or None
+        )
+        print(f"{split}: {len(data[split][0])} images from {source}")
+    num_classes = FLAGS.num_classes or 1 + int(
+        max(data["train"][1].max(), data["val"][1].max())
+    )
+    probe = evaluation.build_linear_probe(
+        backbone,
+        num_classes,
+        n_last_blocks=FLAGS.n_last_blocks,
+        avgpool_patchtokens=FLAGS.avgpool_patchtokens,
+    )
+    if FLAGS.fast:
+        preprocessing = evaluation.imagenet_preprocessing(
+            image_size, crop_fraction=FLAGS.crop_fraction
+        )
+        features = {
+            split: evaluation.extract_features(
+                probe.feature_extractor,
+                images,
+                batch_size=FLAGS.batch_size,
+                preprocessing=preprocessing,
+                normalize=False,
+                cache_path=_cache_path(split, source, image_size),
+            )
+            for (split, (images, _)), source in zip(
+                data.items(), (FLAGS.train_data, FLAGS.val_data)
+            )
+        }
+        _, results = evaluation.fit_linear_classifier(
+            features["train"],
+            data["train"][1],
+            features["val"],
+            data["val"][1],
+            num_classes=num_classes,
+            epochs=FLAGS.epochs,
+            batch_size=FLAGS.batch_size,
+            base_learning_rate=FLAGS.lr,
+            classifier=probe.classifier,
+        )
+    else:
+        results = evaluation.fit_linear_probe(
+            probe,
+            *data["train"],
+            *data["val"],
+            epochs=FLAGS.epochs,
+            batch_size=FLAGS.batch_size,
+            base_learning_rate=FLAGS.lr,
+            image_size=image_size,
+            crop_fraction=FLAGS.crop_fraction,
+            seed=FLAGS.seed,
+        )
+    print(
+        f"Max accuracy so far: {results['best_top1']:.2f}% "
+        f"(epoch {results['best_epoch']}, top-5 {results['best_top5']:.2f}%)"
+    )
+    print(
+        "Training of the supervised linear classifier on frozen features "
+        f"completed. Top-1 test accuracy: {results['best_top1']:.1f}"
+    )
+    if FLAGS.save_probe:
+        probe.save(FLAGS.save_probe)
+    if FLAGS.results_json:
+        summary = {k: v for k, v in results.items() if k != "history"}
+        with open(FLAGS.results_json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
