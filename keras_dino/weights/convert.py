@@ -196,7 +196,6 @@ def split_checkpoint(obj, checkpoint_key="teacher"):
         )
     network = _as_array_dict(obj, "the checkpoint")
     backbone, head = _split_network(network, "the checkpoint")
-    backbone = _strip(backbone, "vit.")
     return Checkpoint(backbone, head)
 
 
@@ -234,6 +233,10 @@ _HF_GLOBAL_NAMES = {
 }
 
 
+def _unprefix(key):
+    return key[len("vit.") :] if key.startswith("vit.") else key
+
+
 def _skip_reason(key):
     for prefix, reason in _SKIPPABLE_BACKBONE_PREFIXES.items():
         if key.startswith(prefix):
@@ -243,7 +246,9 @@ def _skip_reason(key):
 
 def is_huggingface_state_dict(state_dict):
     """Whether tensors use Hugging Face ViT names (`embeddings.*`, ...)."""
-    return "embeddings.position_embeddings" in _strip(state_dict, "vit.")
+    return any(
+        _unprefix(k) == "embeddings.position_embeddings" for k in state_dict
+    )
 
 
 def to_reference_names(state_dict):
@@ -260,9 +265,13 @@ def to_reference_names(state_dict):
         `(tensors, skipped)`: the renamed dict, and the keys dropped on
         purpose (pooler, classifier, the ViT's Identity `head.*`).
     """
-    state_dict = _strip(dict(state_dict), "vit.")
-    skipped = sorted(k for k in state_dict if _skip_reason(k))
-    state_dict = {k: v for k, v in state_dict.items() if not _skip_reason(k)}
+    state_dict = dict(state_dict)
+    skipped = sorted(k for k in state_dict if _skip_reason(_unprefix(k)))
+    state_dict = {
+        _unprefix(k): v
+        for k, v in state_dict.items()
+        if not _skip_reason(_unprefix(k))
+    }
     if not is_huggingface_state_dict(state_dict):
         return state_dict, skipped
     out, qkv, unknown = {}, {}, []

@@ -93,10 +93,23 @@ def _check_hash(path, file_hash):
         )
 
 
+def _cache_candidates(cache_dir, fname):
+    """Where `keras.utils.get_file` may have put `fname`."""
+    base = cache_dir or os.environ.get(
+        "KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")
+    )
+    # get_file falls back to /tmp/.keras when the cache is not writable.
+    for root in (os.path.expanduser(base), os.path.join("/tmp", ".keras")):
+        yield os.path.join(root, CACHE_SUBDIR, fname)
+
+
 def _download(url, file_hash, cache_dir):
     fname = os.path.basename(urllib.parse.urlsplit(url).path)
     if not fname:
         raise ValueError(f"Cannot take a file name from the URL {url!r}.")
+    if cache_dir is not None:
+        # get_file ignores a cache_dir that does not exist yet.
+        os.makedirs(cache_dir, exist_ok=True)
     try:
         return keras.utils.get_file(
             fname=fname,
@@ -107,12 +120,15 @@ def _download(url, file_hash, cache_dir):
             cache_dir=cache_dir,
         )
     except ValueError as e:
+        if file_hash is None:
+            raise
         # Keras leaves a file that fails the hash check in the cache; drop
         # it so that a later call without a hash cannot pick it up.
-        base = cache_dir or os.path.join(os.path.expanduser("~"), ".keras")
-        target = os.path.join(base, CACHE_SUBDIR, fname)
-        if os.path.exists(target):
-            os.remove(target)
+        for target in _cache_candidates(cache_dir, fname):
+            if os.path.exists(target) and (
+                sha256_of_file(target) != file_hash.lower()
+            ):
+                os.remove(target)
         raise ValueError(
             f"The checkpoint downloaded from {url} failed its SHA-256 check "
             f"(expected {file_hash}); it was truncated or corrupted and has "
