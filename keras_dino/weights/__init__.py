@@ -1,5 +1,8 @@
 """Reading reference DINO checkpoints (.pth, safetensors) into Keras."""
 
+from keras_dino.weights.builders import backbone_from_checkpoint
+from keras_dino.weights.builders import describe_checkpoint
+from keras_dino.weights.builders import dino_from_checkpoint
 from keras_dino.weights.convert import Checkpoint
 from keras_dino.weights.convert import backbone_weight_map
 from keras_dino.weights.convert import convert_backbone_config
@@ -24,11 +27,14 @@ __all__ = [
     "Checkpoint",
     "CheckpointArgs",
     "UnsafeCheckpointError",
+    "backbone_from_checkpoint",
     "backbone_weight_map",
     "convert_backbone_config",
     "convert_backbone_weights",
     "convert_head_config",
     "convert_head_weights",
+    "describe_checkpoint",
+    "dino_from_checkpoint",
     "get_checkpoint_file",
     "head_weight_map",
     "load_backbone",

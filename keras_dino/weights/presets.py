@@ -12,8 +12,9 @@ import urllib.parse
 
 import keras
 
+from keras_dino.weights.builders import backbone_from_checkpoint
+from keras_dino.weights.builders import dino_from_checkpoint
 from keras_dino.weights.convert import convert_backbone_config
-from keras_dino.weights.convert import convert_backbone_weights
 from keras_dino.weights.convert import load_weights_file
 from keras_dino.weights.convert import split_checkpoint
 
@@ -205,8 +206,10 @@ def load_backbone(
     path = get_checkpoint_file(preset, file_hash, cache_dir)
     obj, hf_config = load_weights_file(path)
     checkpoint = split_checkpoint(obj, checkpoint_key=checkpoint_key)
-    config = convert_backbone_config(checkpoint.backbone, hf_config, **kwargs)
     if preset in PRESETS:
+        config = convert_backbone_config(
+            checkpoint.backbone, hf_config, **kwargs
+        )
         expected = {"num_layers": 12, **VARIANTS[PRESETS[preset]["variant"]]}
         for key, value in expected.items():
             if config[key] != value:
@@ -214,10 +217,9 @@ def load_backbone(
                     f"The {preset!r} checkpoint has {key}={config[key]}, "
                     f"but the preset is {PRESETS[preset]['variant']}."
                 )
-    backbone = ViTBackbone(**config)
-    if load_weights:
-        convert_backbone_weights(backbone, checkpoint.backbone)
-    return backbone
+    return backbone_from_checkpoint(
+        checkpoint, hf_config, load_weights=load_weights, **kwargs
+    )
 
 
 def load_dino(
@@ -229,31 +231,23 @@ def load_dino(
 ):
     """Builds a `keras_dino.models.DINO` from a full training checkpoint.
 
-    The student and teacher backbones and heads and the loss center are
-    restored from a reference `checkpoint.pth` (`{"student", "teacher",
-    "dino_loss", "args", ...}`; optimizer state and epoch are not used).
-    The architecture comes from the tensor shapes; the student's stochastic
-    depth and `norm_last_layer` from the checkpoint's `args` when present.
-    A checkpoint holding only a teacher (backbone + head) fills the student
-    with the teacher's weights too.
+    See `dino_from_checkpoint` for what is restored.
 
     Args:
-        preset: a preset name (its full checkpoint is fetched), or a local
-            file or URL of a full checkpoint.
-        load_weights: when false, build the architecture only.
+        preset: a preset name (its full training checkpoint is fetched),
+            or a local file or URL of a full checkpoint.
+        load_weights: when false, build the architecture only (for a
+            preset name, without downloading).
         file_hash: optional SHA-256 to check the file against.
         cache_dir: optional Keras cache root.
-        **kwargs: `DINO` arguments overriding the inferred ones (e.g.
-            `student_temperature`); `drop_path_rate` sets the student's
-            stochastic depth.
+        **kwargs: `DINO` arguments overriding the inferred ones;
+            `drop_path_rate` sets the student's stochastic depth.
 
     Returns:
         A `DINO` model.
     """
     from keras_dino.models.dino import DINO
     from keras_dino.models.vit_backbone import ViTBackbone
-    from keras_dino.weights.convert import convert_head_config
-    from keras_dino.weights.convert import convert_head_weights
 
     preset = os.fspath(preset)
     if not load_weights and preset in PRESETS:
@@ -266,45 +260,4 @@ def load_dino(
         preset, file_hash, cache_dir, full_checkpoint=True
     )
     obj, _ = load_weights_file(path)
-    teacher = split_checkpoint(obj, checkpoint_key="teacher")
-    if isinstance(obj, dict) and isinstance(obj.get("student"), dict):
-        student = split_checkpoint(obj, checkpoint_key="student")
-    else:
-        student = teacher
-    if teacher.head is None or student.head is None:
-        raise ValueError(
-            f"{path} holds no DINO head (`head.*` tensors); DINO needs a "
-            "full training checkpoint. Use ViTBackbone.from_preset for "
-            "backbone-only files."
-        )
-    args = teacher.args or {}
-    drop_path_rate = kwargs.pop("drop_path_rate", args.get("drop_path_rate"))
-    backbone_config = convert_backbone_config(student.backbone)
-    if drop_path_rate is not None:
-        backbone_config["drop_path_rate"] = float(drop_path_rate)
-    head_config = convert_head_config(student.head, args)
-    dino_config = {
-        "out_dim": head_config["out_dim"],
-        "hidden_dim": head_config["hidden_dim"],
-        "bottleneck_dim": head_config["bottleneck_dim"],
-        "head_layers": head_config["num_layers"],
-        "use_bn_in_head": head_config["use_bn"],
-        "norm_last_layer": head_config["norm_last_layer"],
-        **kwargs,
-    }
-    model = DINO(ViTBackbone(**backbone_config), **dino_config)
-    if not load_weights:
-        return model
-    convert_backbone_weights(model.student_backbone, student.backbone)
-    convert_head_weights(model.student_head, student.head)
-    convert_backbone_weights(model.teacher_backbone, teacher.backbone)
-    convert_head_weights(model.teacher_head, teacher.head)
-    if teacher.center is not None:
-        center = teacher.center.reshape(1, -1)
-        if center.shape != tuple(model.center.shape):
-            raise ValueError(
-                f"dino_loss.center has shape {teacher.center.shape}, the "
-                f"model's center {tuple(model.center.shape)}."
-            )
-        model.center.assign(center.astype(model.center.dtype))
-    return model
+    return dino_from_checkpoint(obj, load_weights=load_weights, **kwargs)
