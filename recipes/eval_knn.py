@@ -23,29 +23,63 @@ import os
 from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", None, "Backbone (or DINO model) .keras file.")
-flags.DEFINE_string("preset", None, "Preset / checkpoint for from_preset.")
-flags.DEFINE_string("arch", "ViT-S/16", "Variant used with --random_init.")
-flags.DEFINE_bool("random_init", False, "Randomly initialised --arch.")
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "backbone", None, "Backbone (or DINO model) .keras file.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "preset", None, "Preset / checkpoint for from_preset.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "arch", "ViT-S/16", "Variant used with --random_init.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "random_init", False, "Randomly initialised --arch.", flag_values=FLAGS
+)
 flags.DEFINE_string(
     "train_data",
     None,
     "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("val_data", None, "Same formats as --train_data.")
-flags.DEFINE_integer("max_train", 0, "Use at most this many (0: all).")
-flags.DEFINE_integer("max_val", 0, "Use at most this many (0: all).")
-flags.DEFINE_integer("image_size", 0, "Input size (0: backbone's).")
-flags.DEFINE_float("crop_fraction", 0.875, "Centre crop (224/256 in DINO).")
-flags.DEFINE_integer("batch_size", 64, "Feature extraction batch size.")
-flags.DEFINE_list("ks", ["10", "20", "100", "200"], "Numbers of neighbours.")
-flags.DEFINE_float("temperature", 0.07, "Temperature of the k-NN weights.")
-flags.DEFINE_integer("num_classes", 0, "Number of classes (0: infer).")
-flags.DEFINE_string("cache_dir", None, "Folder for cached .npz features.")
-flags.DEFINE_string("results_json", None, "Also write the results here.")
-flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
-flags.mark_flags_as_required(["train_data", "val_data"])
+flags.DEFINE_string(
+    "val_data", None, "Same formats as --train_data.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_train", 0, "Use at most this many (0: all).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_val", 0, "Use at most this many (0: all).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "image_size", 0, "Input size (0: backbone's).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "crop_fraction", 0.875, "Centre crop (224/256 in DINO).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "batch_size", 64, "Feature extraction batch size.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "ks",
+    ["10", "20", "100", "200"],
+    "Numbers of neighbours.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "temperature", 0.07, "Temperature of the k-NN weights.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_classes", 0, "Number of classes (0: infer).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "cache_dir", None, "Folder for cached .npz features.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "results_json", None, "Also write the results here.", flag_values=FLAGS
+)
+flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
+flags.mark_flags_as_required(["train_data", "val_data"], flag_values=FLAGS)
 
 
 def _cache_path(split, source, image_size):
@@ -70,7 +104,17 @@ def _cache_path(split, source, image_size):
 
 
 def main(argv):
-    del argv
+    """Runs the recipe; `argv` is a full command line, program name first.
+
+    The flags live in this module's own `FlagValues`, so several recipes
+    can be imported and run in one process (e.g. from tests).
+    """
+    FLAGS.unparse_flags()
+    FLAGS(argv)
+    return _run()
+
+
+def _run():
     from keras_dino import evaluation
 
     kwargs = {"image_size": FLAGS.image_size} if FLAGS.image_size else {}
@@ -119,7 +163,20 @@ def main(argv):
     if FLAGS.results_json:
         with open(FLAGS.results_json, "w") as f:
             json.dump({str(k): v for k, v in results.items()}, f, indent=2)
+    return results
+
+
+def _main_with_absl(argv):
+    del argv
+    FLAGS.mark_as_parsed()
+    _run()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Share the flags with absl's global FLAGS so --help, --flagfile and
+    # the logging flags work as usual.
+    flags.FLAGS.append_flag_values(FLAGS)
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        for flag in module_flags:
+            flags.FLAGS.register_flag_by_module(module, flag)
+    app.run(_main_with_absl)

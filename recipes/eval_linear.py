@@ -25,33 +25,72 @@ import os
 from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", None, "Backbone (or DINO model) .keras file.")
-flags.DEFINE_string("preset", None, "Preset / checkpoint for from_preset.")
-flags.DEFINE_string("arch", "ViT-S/16", "Variant used with --random_init.")
-flags.DEFINE_bool("random_init", False, "Randomly initialised --arch.")
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "backbone", None, "Backbone (or DINO model) .keras file.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "preset", None, "Preset / checkpoint for from_preset.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "arch", "ViT-S/16", "Variant used with --random_init.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "random_init", False, "Randomly initialised --arch.", flag_values=FLAGS
+)
 flags.DEFINE_string(
     "train_data",
     None,
     "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("val_data", None, "Same formats as --train_data.")
-flags.DEFINE_integer("max_train", 0, "Use at most this many (0: all).")
-flags.DEFINE_integer("max_val", 0, "Use at most this many (0: all).")
-flags.DEFINE_integer("image_size", 0, "Input size (0: backbone's).")
-flags.DEFINE_float("crop_fraction", 0.875, "Validation centre crop.")
-flags.DEFINE_integer("n_last_blocks", 4, "CLS tokens of the last n blocks.")
-flags.DEFINE_bool("avgpool_patchtokens", False, "Add mean patch token.")
-flags.DEFINE_integer("epochs", 100, "Training epochs.")
-flags.DEFINE_integer("batch_size", 128, "Batch size (scales the lr).")
-flags.DEFINE_float("lr", 0.001, "Base learning rate, for batch size 256.")
-flags.DEFINE_integer("num_classes", 0, "Number of classes (0: infer).")
-flags.DEFINE_bool("fast", False, "Train the Dense on cached features.")
-flags.DEFINE_string("cache_dir", None, "Folder for cached features (--fast).")
-flags.DEFINE_string("save_probe", None, "Save the trained probe (.keras).")
-flags.DEFINE_string("results_json", None, "Also write the results here.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialisation / augmentation.")
-flags.mark_flags_as_required(["train_data", "val_data"])
+flags.DEFINE_string(
+    "val_data", None, "Same formats as --train_data.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_train", 0, "Use at most this many (0: all).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_val", 0, "Use at most this many (0: all).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "image_size", 0, "Input size (0: backbone's).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "crop_fraction", 0.875, "Validation centre crop.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "n_last_blocks", 4, "CLS tokens of the last n blocks.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "avgpool_patchtokens", False, "Add mean patch token.", flag_values=FLAGS
+)
+flags.DEFINE_integer("epochs", 100, "Training epochs.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "batch_size", 128, "Batch size (scales the lr).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "lr", 0.001, "Base learning rate, for batch size 256.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_classes", 0, "Number of classes (0: infer).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "fast", False, "Train the Dense on cached features.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "cache_dir", None, "Folder for cached features (--fast).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "save_probe", None, "Save the trained probe (.keras).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "results_json", None, "Also write the results here.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "seed", 0, "Seed of the initialisation / augmentation.", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["train_data", "val_data"], flag_values=FLAGS)
 
 
 def _cache_path(split, source, image_size):
@@ -78,7 +117,17 @@ def _cache_path(split, source, image_size):
 
 
 def main(argv):
-    del argv
+    """Runs the recipe; `argv` is a full command line, program name first.
+
+    The flags live in this module's own `FlagValues`, so several recipes
+    can be imported and run in one process (e.g. from tests).
+    """
+    FLAGS.unparse_flags()
+    FLAGS(argv)
+    return _run()
+
+
+def _run():
     import keras
 
     from keras_dino import evaluation
@@ -165,7 +214,20 @@ def main(argv):
         summary = {k: v for k, v in results.items() if k != "history"}
         with open(FLAGS.results_json, "w") as f:
             json.dump(summary, f, indent=2)
+    return results
+
+
+def _main_with_absl(argv):
+    del argv
+    FLAGS.mark_as_parsed()
+    _run()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Share the flags with absl's global FLAGS so --help, --flagfile and
+    # the logging flags work as usual.
+    flags.FLAGS.append_flag_values(FLAGS)
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        for flag in module_flags:
+            flags.FLAGS.register_flag_by_module(module, flag)
+    app.run(_main_with_absl)

@@ -18,23 +18,48 @@ import os
 from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("backbone", None, "Backbone (or DINO model) .keras file.")
-flags.DEFINE_string("preset", None, "Preset / checkpoint for from_preset.")
-flags.DEFINE_string("arch", "ViT-S/8", "Variant used with --random_init.")
-flags.DEFINE_bool("random_init", False, "Randomly initialised --arch.")
-flags.DEFINE_list("image_path", None, "Image file(s).")
-flags.DEFINE_integer("image_size", 480, "Resize images to this size.")
-flags.DEFINE_float(
-    "threshold", 0.6, "Attention mass kept by the masks (<= 0: no masks)."
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "backbone", None, "Backbone (or DINO model) .keras file.", flag_values=FLAGS
 )
-flags.DEFINE_string("output_dir", ".", "Where the PNG files go.")
-flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
-flags.mark_flags_as_required(["image_path"])
+flags.DEFINE_string(
+    "preset", None, "Preset / checkpoint for from_preset.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "arch", "ViT-S/8", "Variant used with --random_init.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "random_init", False, "Randomly initialised --arch.", flag_values=FLAGS
+)
+flags.DEFINE_list("image_path", None, "Image file(s).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "image_size", 480, "Resize images to this size.", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "threshold",
+    0.6,
+    "Attention mass kept by the masks (<= 0: no masks).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "output_dir", ".", "Where the PNG files go.", flag_values=FLAGS
+)
+flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
+flags.mark_flags_as_required(["image_path"], flag_values=FLAGS)
 
 
 def main(argv):
-    del argv
+    """Runs the recipe; `argv` is a full command line, program name first.
+
+    The flags live in this module's own `FlagValues`, so several recipes
+    can be imported and run in one process (e.g. from tests).
+    """
+    FLAGS.unparse_flags()
+    FLAGS(argv)
+    return _run()
+
+
+def _run():
     from keras_dino import evaluation
 
     backbone = evaluation.load_backbone(
@@ -46,6 +71,7 @@ def main(argv):
     )
     preprocessing = evaluation.imagenet_preprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
+    written = []
     for path in FLAGS.image_path:
         image = evaluation.load_image(path, FLAGS.image_size)
         output_dir = FLAGS.output_dir
@@ -56,7 +82,21 @@ def main(argv):
             backbone, image, output_dir, preprocessing=preprocessing, keep=keep
         )
         print(f"{path}: {len(paths)} files written to {output_dir}")
+        written.extend(paths)
+    return written
+
+
+def _main_with_absl(argv):
+    del argv
+    FLAGS.mark_as_parsed()
+    _run()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Share the flags with absl's global FLAGS so --help, --flagfile and
+    # the logging flags work as usual.
+    flags.FLAGS.append_flag_values(FLAGS)
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        for flag in module_flags:
+            flags.FLAGS.register_flag_by_module(module, flag)
+    app.run(_main_with_absl)
