@@ -86,8 +86,53 @@ def tiny():
         crops=multi_crop_batch,
         np=to_numpy,
         backend=BACKEND,
+        save_and_reload=save_and_reload,
+        layer_round_trip=layer_round_trip,
+        config_round_trip=config_round_trip,
+        keras_round_trip=keras_round_trip,
     )
 
 
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} ({os.environ.get('KERAS_BACKEND')})"
+
+
+def save_and_reload(model, directory, name="model.keras"):
+    """`model.save` to a `.keras` file and `keras.saving.load_model`."""
+    path = str(Path(directory) / name)
+    model.save(path)
+    return keras.saving.load_model(path)
+
+
+def config_round_trip(layer, inputs, **call_kwargs):
+    """`from_config(get_config())` with the same weights gives the same output.
+
+    Returns `(output, output of the clone)`.
+    """
+    out = to_numpy(layer(inputs, **call_kwargs))
+    clone = layer.__class__.from_config(layer.get_config())
+    clone(inputs, **call_kwargs)
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    return out, to_numpy(clone(inputs, **call_kwargs))
+
+
+def keras_round_trip(layer, inputs, directory):
+    """`.keras` save/load of a layer inside a `Sequential` model.
+
+    Returns `(output, output of the reloaded model)`.
+    """
+    model = keras.Sequential(
+        [keras.Input(shape=tuple(inputs.shape[1:])), layer]
+    )
+    out = to_numpy(model(inputs))
+    reloaded = save_and_reload(model, directory)
+    assert isinstance(reloaded.layers[-1], layer.__class__)
+    return out, to_numpy(reloaded(inputs))
+
+
+def layer_round_trip(layer, inputs, directory, **call_kwargs):
+    """Both round trips; returns `(output, clone output, reloaded output)`."""
+    out, cloned = config_round_trip(layer, inputs, **call_kwargs)
+    _, reloaded = keras_round_trip(layer, inputs, directory)
+    return out, cloned, reloaded
