@@ -161,3 +161,58 @@ def test_recipes_reject_bad_flags(files):
                 f"--val_data={files['val']}",
             ]
         )
+
+
+def _write_reference_checkpoint(path, dim=192, depth=1, patch=16, grid=2):
+    """A tiny checkpoint with the official DINO tensor names (ViT-T width)."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, grid * grid + 1, dim),
+        "patch_embed.proj.weight": (dim, 3, patch, patch),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+    }
+    block = {
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "attn.qkv.weight": (3 * dim, dim),
+        "attn.qkv.bias": (3 * dim,),
+        "attn.proj.weight": (dim, dim),
+        "attn.proj.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+        "mlp.fc1.weight": (4 * dim, dim),
+        "mlp.fc1.bias": (4 * dim,),
+        "mlp.fc2.weight": (dim, 4 * dim),
+        "mlp.fc2.bias": (dim,),
+    }
+    for i in range(depth):
+        for name, shape in block.items():
+            shapes[f"blocks.{i}.{name}"] = shape
+    state = {k: 0.1 * torch.randn(*s, generator=g) for k, s in shapes.items()}
+    torch.save(state, path)
+
+
+@needs_data
+def test_visualize_attention_with_imported_weights(tmp_path):
+    checkpoint = str(tmp_path / "tiny_dino.pth")
+    _write_reference_checkpoint(checkpoint)
+    folder = os.path.join(IMAGENETTE, "train", "n03028079")
+    image = os.path.join(folder, sorted(os.listdir(folder))[0])
+    out = tmp_path / "attention"
+    written = _recipe("visualize_attention").main(
+        [
+            "visualize_attention",
+            f"--preset={checkpoint}",
+            f"--image_path={image}",
+            "--image_size=64",
+            "--threshold=0.5",
+            f"--output_dir={out}",
+        ]
+    )
+    # ViT-T width: 3 heads, each with a heat map, an overlay and a mask.
+    assert len(written) == 1 + 3 * 3
+    assert "mask_th0.5_head2.png" in os.listdir(out)
