@@ -1,0 +1,81 @@
+"""Throughput of the multi-crop input pipeline, in images per second.
+
+One image = all its crops (default 2 x 224 + 8 x 96), JPEG read and decode
+included, from the Imagenette 224 px training folder. Prints one table: the
+median of several timed passes after a warm-up pass, as wall-clock img/s and
+as img per CPU-second of this process (the second is less sensitive to other
+processes sharing the machine; x number of cores gives the ideal).
+
+    python benchmarks/augment.py
+    python benchmarks/augment.py --passes 5 --batch_size 64
+"""
+
+import os
+import statistics
+import time
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_ROOT = flags.DEFINE_string(
+    "root",
+    "/work/shared/data/imagenette224/train",
+    "Image folder to read.",
+)
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_PASSES = flags.DEFINE_integer("passes", 3, "Timed passes over the folder.")
+_LIMIT = flags.DEFINE_integer(
+    "limit", 0, "Use only this many batches per pass (0: all)."
+)
+_LOCAL = flags.DEFINE_integer("num_local_crops", 8, "Local crops per image.")
+_GLOBAL_SIZE = flags.DEFINE_integer("global_crop_size", 224, "Global size.")
+_LOCAL_SIZE = flags.DEFINE_integer("local_crop_size", 96, "Local size.")
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from keras_dino.data import MultiCropAugmentation
+    from keras_dino.data import from_image_folder
+
+    augmentation = MultiCropAugmentation(
+        global_crop_size=_GLOBAL_SIZE.value,
+        local_crop_size=_LOCAL_SIZE.value,
+        num_local_crops=_LOCAL.value,
+        seed=0,
+    )
+    dataset = from_image_folder(
+        _ROOT.value, augmentation, batch_size=_BATCH.value, seed=0
+    )
+    if _LIMIT.value:
+        dataset = dataset.take(_LIMIT.value)
+
+    def one_pass():
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        images = 0
+        for crops in dataset:
+            images += int(crops[0].shape[0])
+        wall = time.perf_counter() - start_wall
+        cpu = time.process_time() - start_cpu
+        return images, images / wall, images / cpu
+
+    one_pass()  # warm-up: tracing, autotuning, file cache
+    results = [one_pass() for _ in range(_PASSES.value)]
+    images = results[0][0]
+    wall = statistics.median(r[1] for r in results)
+    cpu = statistics.median(r[2] for r in results)
+    load = os.getloadavg()[0]
+    crops = f"2x{_GLOBAL_SIZE.value} + {_LOCAL.value}x{_LOCAL_SIZE.value}"
+    print("| pipeline | crops | images/pass | img/s (wall) | img/cpu-s |")
+    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| keras_dino.data (tf {tf.__version__}, {os.cpu_count()} cores, "
+        f"load {load:.1f}) | {crops} | {images} | {wall:.1f} | {cpu:.1f} |"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
