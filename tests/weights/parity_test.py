@@ -59,7 +59,7 @@ def reference_state_dict(dim, depth, patch, grid, seed=0, mlp_ratio=4):
             {
                 b + "norm1.weight": 1 + randn(dim, std=0.1),
                 b + "norm1.bias": randn(dim),
-                b + "attn.qkv.weight": randn(3 * dim, dim, std=0.2),
+                b + "attn.qkv.weight": randn(3 * dim, dim, std=0.1),
                 b + "attn.qkv.bias": randn(3 * dim),
                 b + "attn.proj.weight": randn(dim, dim),
                 b + "attn.proj.bias": randn(dim),
@@ -261,6 +261,28 @@ def test_reference_dino_parity_at_other_sizes(
     last_two = backbone.get_intermediate_layers(images, n=2)
     for got, expected in zip(last_two, tokens):
         np.testing.assert_allclose(_np(got), expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (160, 224), (480, 64)])
+def test_position_embedding_interpolation_matches_torch(height, width):
+    sd = reference_state_dict(32, depth=1, patch=16, grid=14)
+    backbone = ViTBackbone(hidden_dim=32, num_layers=1, num_heads=2)
+    backbone.patch_embedding.position_embedding.assign(sd["pos_embed"].numpy())
+    got = _np(
+        backbone.patch_embedding.interpolated_position_embedding(height, width)
+    )
+    npatch = (height // 16) * (width // 16)
+    expected = _interpolate_pos_encoding(
+        sd["pos_embed"], npatch, height, width, 16
+    ).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Resizing by target size (TF/JAX style) would be measurably different.
+    grid = sd["pos_embed"][:, 1:].reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    by_size = F.interpolate(
+        grid, size=(height // 16, width // 16), mode="bicubic"
+    )
+    by_size = by_size.permute(0, 2, 3, 1).reshape(1, -1, 32).numpy()
+    assert np.abs(by_size - expected[:, 1:]).max() > 1e-2
 
 
 def test_dino_head_parity(tmp_path):
