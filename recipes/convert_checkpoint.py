@@ -68,6 +68,7 @@ def main(argv):
         kind = "dino" if summary["num_head_tensors"] else "backbone"
     if kind == "dino":
         model = weights.dino_from_checkpoint(obj, backbone_kwargs=overrides)
+        summary["skipped"] = [k for k in summary["skipped"] if k != "student"]
     else:
         model = weights.backbone_from_checkpoint(
             obj, hf_config, checkpoint_key=FLAGS.checkpoint_key, **overrides
