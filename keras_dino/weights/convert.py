@@ -462,7 +462,7 @@ def _assign(table, tensors, all_variables, what):
             )
         values.append(value)
     for (_, variable, _), value in zip(table, values):
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value)
 
 
 def convert_backbone_weights(backbone, state_dict):
