@@ -89,7 +89,7 @@ class DINOAdamW(keras.optimizers.Optimizer):
         self.frozen_steps = self.add_variable(
             shape=(),
             initializer=keras.initializers.Constant(self._initial_frozen_steps),
-            dtype="int64",
+            dtype="int32",
             name="frozen_steps",
         )
 

@@ -165,7 +165,7 @@ class DINO(keras.Model):
         self.teacher_momentum_base = state("teacher_momentum_base", 0.996)
         self.teacher_momentum_final = state("teacher_momentum_final", 1.0)
         self.teacher_momentum_steps = state(
-            "teacher_momentum_steps", 0, dtype="int64"
+            "teacher_momentum_steps", 0, dtype="int32"
         )
         self.teacher_entropy_tracker = keras.metrics.Mean(
             name="teacher_entropy"

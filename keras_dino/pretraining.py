@@ -1,0 +1,217 @@
+"""Build, train, checkpoint and resume DINO from a configuration dict.
+
+The pretraining recipe is a thin wrapper around these functions; they work
+the same from Python. Configurations use the reference's flag names (see
+`keras_dino.configs`).
+"""
+
+import os
+
+import keras
+
+from keras_dino import callbacks as dino_callbacks
+from keras_dino.checkpointing import EpochCheckpoint
+from keras_dino.checkpointing import latest_checkpoint
+from keras_dino.configs import ARCHS
+from keras_dino.models.dino import DINO
+from keras_dino.models.vit_backbone import ViTBackbone
+from keras_dino.optimizers import dino_adamw
+
+
+def build_backbone(config):
+    """The student `ViTBackbone` of a configuration."""
+    if config["arch"] not in ARCHS:
+        raise ValueError(
+            f"Unknown arch {config['arch']!r}; choose one of {sorted(ARCHS)}."
+        )
+    arch = dict(ARCHS[config["arch"]])
+    if config.get("depth"):
+        arch["num_layers"] = int(config["depth"])
+    return ViTBackbone(
+        image_size=config["image_size"],
+        patch_size=config["patch_size"],
+        drop_path_rate=config["drop_path_rate"],
+        seed=config.get("seed"),
+        **arch,
+    )
+
+
+def build_dino(config):
+    """An uncompiled `DINO` model of a configuration."""
+    return DINO(
+        build_backbone(config),
+        out_dim=config["out_dim"],
+        hidden_dim=config["head_hidden_dim"],
+        bottleneck_dim=config["head_bottleneck_dim"],
+        use_bn_in_head=config["use_bn_in_head"],
+        norm_last_layer=config["norm_last_layer"],
+        student_temperature=config["student_temp"],
+    )
+
+
+def build_optimizer(config, steps_per_epoch):
+    """The reference AdamW with the configuration's schedules."""
+    if config.get("optimizer", "adamw") != "adamw":
+        raise ValueError(
+            f"Only optimizer='adamw' is implemented, got "
+            f"{config['optimizer']!r}."
+        )
+    return dino_adamw(
+        batch_size=config["batch_size"],
+        steps_per_epoch=steps_per_epoch,
+        epochs=config["epochs"],
+        base_learning_rate=config["lr"],
+        min_learning_rate=config["min_lr"],
+        warmup_epochs=config["warmup_epochs"],
+        weight_decay=config["weight_decay"],
+        weight_decay_end=config["weight_decay_end"],
+        clip_norm=config["clip_grad"] or None,
+        freeze_last_layer_epochs=config["freeze_last_layer"],
+    )
+
+
+def schedule_callbacks(config):
+    """The DINO schedule callbacks of a configuration."""
+    return [
+        dino_callbacks.TeacherMomentumSchedule(config["momentum_teacher"]),
+        dino_callbacks.TeacherTemperatureSchedule(
+            value=config["teacher_temp"],
+            warmup_value=config["warmup_teacher_temp"],
+            warmup_epochs=config["warmup_teacher_temp_epochs"],
+        ),
+        dino_callbacks.CenterMomentum(config["center_momentum"]),
+        dino_callbacks.FreezeLastLayer(config["freeze_last_layer"]),
+    ]
+
+
+def multi_crop_augmentation(config):
+    """The `keras_dino.data.MultiCropAugmentation` of a configuration."""
+    from keras_dino.data.multi_crop import MultiCropAugmentation
+
+    return MultiCropAugmentation(
+        global_crop_size=config["image_size"],
+        local_crop_size=config["local_crop_size"],
+        num_local_crops=config["local_crops_number"],
+        global_crops_scale=tuple(config["global_crops_scale"]),
+        local_crops_scale=tuple(config["local_crops_scale"]),
+        blur_sigma=tuple(config["blur_sigma"]),
+        seed=config["seed"],
+    )
+
+
+def logging_callbacks(output_dir):
+    """CSV history and, when TensorBoard is installed, TensorBoard logs."""
+    result = [
+        keras.callbacks.CSVLogger(
+            os.path.join(output_dir, "history.csv"), append=True
+        )
+    ]
+    try:
+        import tensorboard  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError:
+        print(
+            "TensorFlow or TensorBoard is not installed: no TensorBoard "
+            "logs (pip install tensorflow tensorboard)."
+        )
+    else:
+        result.append(
+            keras.callbacks.TensorBoard(
+                os.path.join(output_dir, "tensorboard"), update_freq=50
+            )
+        )
+    return result
+
+
+def pretrain(
+    config,
+    dataset,
+    steps_per_epoch,
+    output_dir,
+    extra_callbacks=(),
+    verbose="auto",
+    strategy=None,
+):
+    """Trains DINO, checkpointing every epoch and resuming if possible.
+
+    When `output_dir/checkpoints` holds a complete checkpoint, the model
+    (weights, teacher, center, optimizer state and iteration count) is
+    loaded from it and training continues at the next epoch with the same
+    schedules. At the end the teacher backbone is saved as
+    `output_dir/teacher_backbone.keras`.
+
+    Args:
+        config: a configuration dict (`keras_dino.configs.get_config`).
+        dataset: an infinite (repeated) multi-crop dataset.
+        steps_per_epoch: int, iterations per epoch.
+        output_dir: folder for checkpoints, logs and the final backbone.
+        extra_callbacks: callbacks run before the checkpoint and loggers
+            (e.g. a `KNNMonitor`, which adds `knn_top1` to the logs).
+        verbose: passed to `fit`.
+        strategy: optional `tf.distribute.Strategy` to build the model in.
+
+    Returns:
+        `(model, history)`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    ckpt_dir = os.path.join(output_dir, "checkpoints")
+    latest = latest_checkpoint(ckpt_dir)
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+        if latest is not None:
+            path, initial_epoch = latest
+            print(f"Resuming from {path} (epoch {initial_epoch} done).")
+            model = keras.saving.load_model(path)
+        else:
+            initial_epoch = 0
+            model = build_dino(config)
+            model.compile(optimizer=build_optimizer(config, steps_per_epoch))
+    if initial_epoch >= config["epochs"]:
+        print(f"All {config['epochs']} epochs are done already.")
+        history = None
+    else:
+        history = model.fit(
+            dataset,
+            epochs=config["epochs"],
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=schedule_callbacks(config)
+            + list(extra_callbacks)
+            + [EpochCheckpoint(ckpt_dir)]
+            + logging_callbacks(output_dir),
+            verbose=verbose,
+            shuffle=False,
+        )
+    model.teacher_backbone.save(
+        os.path.join(output_dir, "teacher_backbone.keras")
+    )
+    return model, history
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def steps_for(num_images, batch_size):
+    """Full batches per epoch (the last partial batch is dropped)."""
+    steps = num_images // batch_size
+    if steps < 1:
+        raise ValueError(
+            f"{num_images} images are fewer than one batch of {batch_size}."
+        )
+    return steps
+
+
+__all__ = [
+    "build_backbone",
+    "build_dino",
+    "build_optimizer",
+    "multi_crop_augmentation",
+    "pretrain",
+    "schedule_callbacks",
+    "steps_for",
+]

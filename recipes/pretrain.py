@@ -1,0 +1,156 @@
+"""DINO pretraining recipe (absl flags with the reference's names).
+
+Examples:
+
+    # The paper's ViT-S/16 on an image folder:
+    python recipes/pretrain.py --config=imagenet_vits16 \
+        --data_path=/data/imagenet/train --output_dir=runs/vits16
+
+    # Small-compute CIFAR-10 recipe on the .npz files, with a k-NN curve:
+    python recipes/pretrain.py --config=cifar10_vit_tiny \
+        --npz=../shared/data/cifar10_train.part0.npz,\
+../shared/data/cifar10_train.part1.npz \
+        --knn_npz=../shared/data/cifar10_val.npz --output_dir=runs/cifar
+
+Run it again with the same --output_dir to resume from the last epoch.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+from keras_dino import configs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum(
+    "config",
+    "imagenet_vits16",
+    sorted(configs.CONFIGS),
+    "Named configuration; the flags below override it.",
+)
+flags.DEFINE_string("output_dir", "runs/dino", "Checkpoints, logs, model.")
+flags.DEFINE_string("data_path", None, "Image folder (root/<class>/<img>).")
+flags.DEFINE_string("tfds_name", None, "TensorFlow Datasets name.")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (offline).")
+flags.DEFINE_string("tfds_split", "train", "TFDS split.")
+flags.DEFINE_list("npz", None, ".npz files with `images` (and `labels`).")
+flags.DEFINE_integer("max_images", None, "Use at most this many images.")
+flags.DEFINE_list(
+    "knn_npz", None, ".npz file(s) for a k-NN curve: half memory, half query."
+)
+flags.DEFINE_integer("knn_images", 5000, "Images used by the k-NN curve.")
+flags.DEFINE_integer(
+    "steps_per_epoch", None, "Iterations per epoch (default: images // batch)."
+)
+flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line.")
+
+_OVERRIDES = {
+    "arch": (flags.DEFINE_enum, ["vit_tiny", "vit_small", "vit_base"]),
+    "patch_size": (flags.DEFINE_integer,),
+    "depth": (flags.DEFINE_integer,),
+    "image_size": (flags.DEFINE_integer,),
+    "local_crop_size": (flags.DEFINE_integer,),
+    "out_dim": (flags.DEFINE_integer,),
+    "norm_last_layer": (flags.DEFINE_bool,),
+    "use_bn_in_head": (flags.DEFINE_bool,),
+    "momentum_teacher": (flags.DEFINE_float,),
+    "warmup_teacher_temp": (flags.DEFINE_float,),
+    "teacher_temp": (flags.DEFINE_float,),
+    "warmup_teacher_temp_epochs": (flags.DEFINE_integer,),
+    "weight_decay": (flags.DEFINE_float,),
+    "weight_decay_end": (flags.DEFINE_float,),
+    "clip_grad": (flags.DEFINE_float,),
+    "batch_size": (flags.DEFINE_integer,),
+    "epochs": (flags.DEFINE_integer,),
+    "freeze_last_layer": (flags.DEFINE_integer,),
+    "lr": (flags.DEFINE_float,),
+    "warmup_epochs": (flags.DEFINE_integer,),
+    "min_lr": (flags.DEFINE_float,),
+    "optimizer": (flags.DEFINE_enum, ["adamw"]),
+    "drop_path_rate": (flags.DEFINE_float,),
+    "global_crops_scale": (flags.DEFINE_list,),
+    "local_crops_number": (flags.DEFINE_integer,),
+    "local_crops_scale": (flags.DEFINE_list,),
+    "seed": (flags.DEFINE_integer,),
+}
+for _name, (_define, *_extra) in _OVERRIDES.items():
+    _define(_name, None, *_extra, f"Overrides the configuration's {_name}.")
+
+
+def config_from_flags():
+    """The named configuration with every flag given on the command line."""
+    overrides = {}
+    for name in _OVERRIDES:
+        value = FLAGS[name].value
+        if value is None:
+            continue
+        if name.endswith("_scale"):
+            value = tuple(float(v) for v in value)
+        overrides[name] = value
+    return configs.get_config(FLAGS.config, **overrides)
+
+
+def main(argv):
+    del argv
+    from keras_dino import data
+    from keras_dino import pretraining
+
+    config = config_from_flags()
+    sources = [FLAGS.data_path, FLAGS.tfds_name, FLAGS.npz]
+    if sum(s is not None for s in sources) != 1:
+        raise app.UsageError(
+            "Give exactly one of --data_path, --tfds_name or --npz."
+        )
+    augmentation = pretraining.multi_crop_augmentation(config)
+    dataset, num_images = data.pretraining_dataset(
+        augmentation,
+        batch_size=config["batch_size"],
+        image_folder=FLAGS.data_path,
+        tfds_name=FLAGS.tfds_name,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        tfds_split=FLAGS.tfds_split,
+        npz_paths=FLAGS.npz,
+        max_images=FLAGS.max_images,
+        seed=config["seed"],
+    )
+    steps = FLAGS.steps_per_epoch or pretraining.steps_for(
+        num_images, config["batch_size"]
+    )
+    extra = []
+    if FLAGS.knn_npz:
+        extra.append(_knn_monitor(FLAGS.knn_npz, FLAGS.knn_images))
+    strategy = data.default_strategy()
+    print(f"Config {FLAGS.config}: {config}")
+    print(
+        f"{num_images} images, {steps} steps per epoch, "
+        f"{config['epochs']} epochs -> {FLAGS.output_dir}"
+    )
+    pretraining.pretrain(
+        config,
+        dataset,
+        steps,
+        FLAGS.output_dir,
+        extra_callbacks=extra,
+        verbose=FLAGS.verbose,
+        strategy=strategy,
+    )
+    print(
+        f"Teacher backbone: "
+        f"{os.path.join(FLAGS.output_dir, 'teacher_backbone.keras')}"
+    )
+
+
+def _knn_monitor(paths, num_images):
+    from keras_dino.evaluation import load_npz
+    from keras_dino.evaluation.knn_monitor import KNNMonitor
+
+    images, labels = load_npz(paths, max_examples=num_images)
+    half = len(images) // 2
+    return KNNMonitor(
+        images[:half], labels[:half], images[half:], labels[half:]
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
