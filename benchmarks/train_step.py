@@ -176,8 +176,8 @@ def main():
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
     )
     header = (
-        f"| config | backend | img/s | vs ref | peak GB (ref) | "
-        f"GFLOP/s | % of numpy GEMM |"
+        "| config | backend | img/s | vs ref | peak GB (ref) | "
+        "GFLOP/s | % of numpy GEMM |"
     )
     print(header)
     print("|" + "---|" * 7)
