@@ -57,6 +57,7 @@ class CenterCropTransform:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, image, seed=None):
         """Returns the float32 `(image_size, image_size, 3)` image."""
         del seed

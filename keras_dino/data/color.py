@@ -14,6 +14,7 @@ pixel, so they run as one `(pixels, 3) @ (3, 3)` matmul plus an offset,
 several times faster on CPU than broadcasting over a channel axis of size 3.
 """
 
+import numpy as np
 import tensorflow as tf
 
 GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)
@@ -23,8 +24,8 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 def _gray_matrix():
     """`x @ G` puts the grayscale value of `x` in each of the 3 channels."""
-    w = tf.constant(GRAYSCALE_WEIGHTS, tf.float32)
-    return tf.tile(w[:, None], [1, 3])
+    w = np.array(GRAYSCALE_WEIGHTS, np.float32)[:, None]
+    return tf.constant(np.tile(w, [1, 3]))
 
 
 def affine(image, matrix, offset=None, clip=True):
@@ -62,13 +63,22 @@ def rgb_to_grayscale(image):
     return tf.tensordot(image, w, axes=1)[..., None]
 
 
-def grayscale(image):
+def grayscale(image, apply=True):
     """Converts an `(H, W, 3)` image to grayscale replicated on 3 channels.
 
     Uses the ITU-R 601-2 weights (0.299, 0.587, 0.114) of PIL and
     torchvision.
+
+    Args:
+        image: float tensor `(H, W, 3)`.
+        apply: bool scalar (tensor); when false the image is returned as is.
+
+    Returns:
+        float tensor `(H, W, 3)`.
     """
-    return affine(image, _gray_matrix(), clip=False)
+    eye = tf.constant(np.eye(3, dtype=np.float32))
+    matrix = tf.where(tf.cast(apply, tf.bool), _gray_matrix(), eye)
+    return affine(image, matrix, clip=False)
 
 
 def adjust_brightness(image, factor):
@@ -95,20 +105,32 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def _jitter_op(image, index, factors):
-    return tf.switch_case(
-        index,
-        [
-            lambda: adjust_brightness(image, factors[BRIGHTNESS]),
-            lambda: adjust_contrast(image, factors[CONTRAST]),
-            lambda: adjust_saturation(image, factors[SATURATION]),
-            lambda: adjust_hue(image, factors[HUE]),
-        ],
+def _jitter_matrices(factors):
+    """Matrices of brightness, contrast, saturation and identity, (4, 3, 3)."""
+    b, c, s = factors[BRIGHTNESS], factors[CONTRAST], factors[SATURATION]
+    eye = tf.constant(np.eye(3, dtype=np.float32))
+    return tf.stack(
+        [b * eye, c * eye, s * eye + (1.0 - s) * _gray_matrix(), eye]
     )
+
+
+def _jitter_affine(image, index, factors, matrices):
+    """Brightness (0), contrast (1), saturation (2) or identity (3)."""
+    w = tf.constant(np.array(GRAYSCALE_WEIGHTS, np.float32)[:, None])
+    mean = tf.reduce_mean(tf.reshape(image, [-1, 3]) @ w)
+    offset = tf.where(
+        tf.equal(index, CONTRAST), (1.0 - factors[CONTRAST]) * mean, 0.0
+    )
+    return affine(image, tf.gather(matrices, index), tf.fill([3], offset))
 
 
 def color_jitter(image, factors, order):
     """Applies brightness, contrast, saturation and hue in a given order.
+
+    Runs without control flow (which is slow inside `tf.data` maps): three
+    affine slots before the hue rotation and three after it, each slot
+    being the brightness, contrast or saturation op due at that position
+    or the identity.
 
     Args:
         image: float tensor `(H, W, 3)` in [0, 1].
@@ -123,17 +145,33 @@ def color_jitter(image, factors, order):
     """
     factors = tf.cast(factors, tf.float32)
     order = tf.cast(order, tf.int32)
-    for step in range(4):
-        image = _jitter_op(image, order[step], factors)
+    position = tf.range(4)
+    hue_at = tf.reduce_sum(tf.where(tf.equal(order, HUE), position, 0))
+    identity = tf.fill([4], 3)
+    before = tf.where(position < hue_at, order, identity)
+    after = tf.where(position > hue_at, order, identity)
+    matrices = _jitter_matrices(factors)
+    for slot in range(3):
+        image = _jitter_affine(image, before[slot], factors, matrices)
+    image = adjust_hue(image, factors[HUE])
+    for slot in range(1, 4):
+        image = _jitter_affine(image, after[slot], factors, matrices)
     return image
 
 
-def solarize(image, threshold=128.0 / 255.0):
+def solarize(image, apply=True, threshold=128.0 / 255.0):
     """Inverts the pixels at or above `threshold`, as `PIL.ImageOps`.
 
-    The default threshold is PIL's 128 on the 0..255 scale.
+    Args:
+        image: float tensor in [0, 1].
+        apply: bool scalar (tensor); when false the image is returned as is.
+        threshold: the default is PIL's 128 on the 0..255 scale.
+
+    Returns:
+        float tensor, same shape.
     """
-    return tf.where(image >= threshold, 1.0 - image, image)
+    invert = (image >= threshold) & tf.cast(apply, tf.bool)
+    return tf.where(invert, 1.0 - image, image)
 
 
 def normalize(image, mean, std):

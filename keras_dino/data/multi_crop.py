@@ -356,12 +356,8 @@ class MultiCropAugmentation:
         size = self.crop_sizes[k]
         crop = resized_crop(image, params["boxes"][k], size, self.antialias)
         crop = tf.ensure_shape(crop, (size, size, 3))
-        crop = _maybe_apply(
-            self.flip_prob,
-            params["flip"][k],
-            lambda x: tf.reverse(x, [1]),
-            crop,
-        )
+        if self.flip_prob > 0:
+            crop = tf.where(params["flip"][k], tf.reverse(crop, [1]), crop)
         crop = _maybe_apply(
             self.color_jitter_prob,
             params["color_jitter"][k],
@@ -370,9 +366,8 @@ class MultiCropAugmentation:
             ),
             crop,
         )
-        crop = _maybe_apply(
-            self.grayscale_prob, params["grayscale"][k], color.grayscale, crop
-        )
+        if self.grayscale_prob > 0:
+            crop = color.grayscale(crop, params["grayscale"][k])
         crop = _maybe_apply(
             self._blur_probs()[k],
             params["blur"][k],
@@ -381,14 +376,11 @@ class MultiCropAugmentation:
             ),
             crop,
         )
-        crop = _maybe_apply(
-            self._solarize_probs()[k],
-            params["solarize"][k],
-            color.solarize,
-            crop,
-        )
+        if self._solarize_probs()[k] > 0:
+            crop = color.solarize(crop, params["solarize"][k])
         return color.normalize(crop, self.mean, self.std)
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, image, seed=None):
         """Returns the tuple of crops of one image.
 

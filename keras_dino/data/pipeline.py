@@ -87,6 +87,7 @@ def augment_and_batch(
         tensor), or of `(crops, labels)` when `with_labels` is true.
     """
 
+    @tf.autograph.experimental.do_not_convert
     def augment(image, label, seed):
         crops = augmentation(image, seed)
         if isinstance(crops, list):
