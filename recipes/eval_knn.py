@@ -72,6 +72,13 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "num_classes", 0, "Number of classes (0: infer).", flag_values=FLAGS
 )
+flags.DEFINE_bool(
+    "stream",
+    False,
+    "Stream image folders / TFDS with keras_dino.data (needs TensorFlow) "
+    "instead of loading them into memory.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "cache_dir", None, "Folder for cached .npz features.", flag_values=FLAGS
 )
@@ -135,19 +142,34 @@ def _run():
         ("train", FLAGS.train_data, FLAGS.max_train),
         ("val", FLAGS.val_data, FLAGS.max_val),
     ):
-        images, labels = evaluation.load_labeled_images(
-            source, image_size=image_size, max_examples=limit or None
-        )
-        print(f"{split}: {len(images)} images from {source}")
-        feats = evaluation.extract_features(
-            backbone,
-            images,
-            batch_size=FLAGS.batch_size,
-            preprocessing=preprocessing,
-            normalize=True,
-            cache_path=_cache_path(split, source, image_size),
-        )
-        features[split] = (feats, labels)
+        options = {
+            "normalize": True,
+            "cache_path": _cache_path(split, source, image_size),
+        }
+        if FLAGS.stream:
+            dataset = evaluation.labeled_dataset(
+                source,
+                image_size,
+                batch_size=FLAGS.batch_size,
+                crop_fraction=FLAGS.crop_fraction,
+                max_examples=limit or None,
+            )
+            features[split] = evaluation.extract_features(
+                backbone, dataset, **options
+            )
+        else:
+            images, labels = evaluation.load_labeled_images(
+                source, image_size=image_size, max_examples=limit or None
+            )
+            print(f"{split}: {len(images)} images from {source}")
+            feats = evaluation.extract_features(
+                backbone,
+                images,
+                batch_size=FLAGS.batch_size,
+                preprocessing=preprocessing,
+                **options,
+            )
+            features[split] = (feats, labels)
     results = evaluation.knn_evaluate(
         *features["train"],
         *features["val"],

@@ -78,6 +78,13 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "fast", False, "Train the Dense on cached features.", flag_values=FLAGS
 )
+flags.DEFINE_bool(
+    "stream",
+    False,
+    "With --fast: stream image folders / TFDS with keras_dino.data (needs "
+    "TensorFlow) instead of loading them into memory.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "cache_dir", None, "Folder for cached features (--fast).", flag_values=FLAGS
 )
@@ -127,11 +134,61 @@ def main(argv):
     return _run()
 
 
+def _fast_features(backbone, image_size):
+    """Probe features of both splits (arrays, or streamed with --stream)."""
+    from keras_dino import evaluation
+
+    extractor = evaluation.ProbeFeatureExtractor(
+        backbone,
+        n_last_blocks=FLAGS.n_last_blocks,
+        avgpool_patchtokens=FLAGS.avgpool_patchtokens,
+    )
+    preprocessing = evaluation.imagenet_preprocessing(
+        image_size, crop_fraction=FLAGS.crop_fraction
+    )
+    features = {}
+    for split, source, limit in (
+        ("train", FLAGS.train_data, FLAGS.max_train),
+        ("val", FLAGS.val_data, FLAGS.max_val),
+    ):
+        options = {
+            "normalize": False,
+            "cache_path": _cache_path(split, source, image_size),
+        }
+        if FLAGS.stream:
+            dataset = evaluation.labeled_dataset(
+                source,
+                image_size,
+                batch_size=FLAGS.batch_size,
+                crop_fraction=FLAGS.crop_fraction,
+                max_examples=limit or None,
+            )
+            features[split] = evaluation.extract_features(
+                extractor, dataset, **options
+            )
+        else:
+            images, labels = evaluation.load_labeled_images(
+                source, image_size=image_size, max_examples=limit or None
+            )
+            print(f"{split}: {len(images)} images from {source}")
+            feats = evaluation.extract_features(
+                extractor,
+                images,
+                batch_size=FLAGS.batch_size,
+                preprocessing=preprocessing,
+                **options,
+            )
+            features[split] = (feats, labels)
+    return features
+
+
 def _run():
     import keras
 
     from keras_dino import evaluation
 
+    if FLAGS.stream and not FLAGS.fast:
+        raise ValueError("--stream works with --fast only.")
     keras.utils.set_random_seed(FLAGS.seed)
     kwargs = {"image_size": FLAGS.image_size} if FLAGS.image_size else {}
     backbone = evaluation.load_backbone(
@@ -142,15 +199,18 @@ def _run():
         **kwargs,
     )
     image_size = FLAGS.image_size or backbone.image_size
-    data = {}
-    for split, source, limit in (
-        ("train", FLAGS.train_data, FLAGS.max_train),
-        ("val", FLAGS.val_data, FLAGS.max_val),
-    ):
-        data[split] = evaluation.load_labeled_images(
-            source, image_size=image_size, max_examples=limit or None
-        )
-        print(f"{split}: {len(data[split][0])} images from {source}")
+    if FLAGS.fast:
+        data = _fast_features(backbone, image_size)
+    else:
+        data = {}
+        for split, source, limit in (
+            ("train", FLAGS.train_data, FLAGS.max_train),
+            ("val", FLAGS.val_data, FLAGS.max_val),
+        ):
+            data[split] = evaluation.load_labeled_images(
+                source, image_size=image_size, max_examples=limit or None
+            )
+            print(f"{split}: {len(data[split][0])} images from {source}")
     num_classes = FLAGS.num_classes or 1 + int(
         max(data["train"][1].max(), data["val"][1].max())
     )
@@ -161,27 +221,9 @@ def _run():
         avgpool_patchtokens=FLAGS.avgpool_patchtokens,
     )
     if FLAGS.fast:
-        preprocessing = evaluation.imagenet_preprocessing(
-            image_size, crop_fraction=FLAGS.crop_fraction
-        )
-        features = {
-            split: evaluation.extract_features(
-                probe.feature_extractor,
-                images,
-                batch_size=FLAGS.batch_size,
-                preprocessing=preprocessing,
-                normalize=False,
-                cache_path=_cache_path(split, source, image_size),
-            )
-            for (split, (images, _)), source in zip(
-                data.items(), (FLAGS.train_data, FLAGS.val_data)
-            )
-        }
         _, results = evaluation.fit_linear_classifier(
-            features["train"],
-            data["train"][1],
-            features["val"],
-            data["val"][1],
+            *data["train"],
+            *data["val"],
             num_classes=num_classes,
             epochs=FLAGS.epochs,
             batch_size=FLAGS.batch_size,

@@ -27,6 +27,7 @@ from keras_dino.evaluation.linear_probe import fit_linear_classifier
 from keras_dino.evaluation.linear_probe import fit_linear_probe
 from keras_dino.evaluation.linear_probe import linear_probe_learning_rate
 from keras_dino.evaluation.linear_probe import random_resized_crop_box
+from keras_dino.evaluation.loading import labeled_dataset
 from keras_dino.evaluation.loading import load_backbone
 from keras_dino.evaluation.loading import load_image
 from keras_dino.evaluation.loading import load_image_folder
@@ -51,6 +52,7 @@ __all__ = [
     "knn_classify",
     "knn_evaluate",
     "l2_normalize",
+    "labeled_dataset",
     "linear_probe_learning_rate",
     "load_backbone",
     "load_image",

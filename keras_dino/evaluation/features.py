@@ -258,8 +258,9 @@ def extract_features(
             for i in range(0, len(data), batch_size)
         )
     else:
-        steps = len(data) if hasattr(data, "__len__") else None
-        if steps is not None and steps < 0:  # tf.data unknown cardinality
+        try:
+            steps = len(data)
+        except TypeError:  # no len, or a tf.data dataset of unknown length
             steps = None
         batches = _iterate(data)
     progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")

@@ -277,3 +277,58 @@ def load_labeled_images(source, image_size=None, max_examples=None):
                 "file(s), an image folder, or tfds:<name>:<split>."
             )
     return load_npz(paths, max_examples)
+
+
+def labeled_dataset(
+    source, image_size, batch_size=64, crop_fraction=0.875, max_examples=None
+):
+    """Streams an image folder or TFDS split through `keras_dino.data`.
+
+    For datasets too large to hold in memory (e.g. ImageNet): a batched,
+    unshuffled `tf.data.Dataset` of `(images, labels)` with the reference
+    evaluation transform (`CenterCropTransform`: bicubic resize of the
+    short side to `image_size / crop_fraction`, centre crop, ImageNet
+    normalisation), ready for `extract_features(..., preprocessing=None)`.
+    Needs TensorFlow (and tensorflow-datasets for TFDS).
+
+    Args:
+        source: an image folder (`root/<class>/<image>`) or
+            `tfds:<name>:<split>`.
+        image_size: int, output side.
+        batch_size: int.
+        crop_fraction: float, `image_size / resize_size` (224 / 256).
+        max_examples: optional int, keep the first examples only.
+
+    Returns:
+        A `tf.data.Dataset`.
+
+    Example:
+    >>> ds = labeled_dataset("imagenet/val", 224, batch_size=256)
+    >>> features, labels = extract_features(backbone, ds)
+    """
+    from keras_dino import data
+
+    transform = data.CenterCropTransform(
+        image_size, resize_size=int(round(image_size / crop_fraction))
+    )
+    options = {
+        "batch_size": batch_size,
+        "with_labels": True,
+        "shuffle": False,
+        "drop_remainder": False,
+    }
+    if source.startswith("tfds:"):
+        parts = source.split(":")
+        if len(parts) != 3:
+            raise ValueError("TFDS sources are 'tfds:<name>:<split>'.")
+        ds = data.from_tfds(parts[1], transform, split=parts[2], **options)
+    elif os.path.isdir(source):
+        ds = data.from_image_folder(source, transform, **options)
+    else:
+        raise ValueError(
+            f"Streaming needs an image folder or tfds:<name>:<split>; got "
+            f"{source!r}."
+        )
+    if max_examples is not None:
+        ds = ds.unbatch().take(max_examples).batch(batch_size)
+    return ds

@@ -87,8 +87,16 @@ def test_eval_knn_random_init_on_image_folder(files):
         "--ks=3",
         "--batch_size=10",
     ]
-    results = _recipe("eval_knn").main(argv)
+    recipe = _recipe("eval_knn")
+    results = recipe.main(argv)
     assert list(results) == [3]
+    # Through the streaming tf.data reader of keras_dino.data (with the
+    # tiny backbone: a second ViT-T would cost another compilation).
+    streamed = recipe.main(
+        [a for a in argv if a not in ("--random_init", "--arch=ViT-T/16")]
+        + [f"--backbone={files['backbone']}", "--stream"]
+    )
+    assert list(streamed) == [3]
 
 
 @needs_data
@@ -108,6 +116,11 @@ def test_eval_linear_fast_and_full(files, capsys):
         common
         + [
             "--fast",
+            "--stream",
+            f"--train_data={os.path.join(IMAGENETTE, 'train')}",
+            f"--val_data={os.path.join(IMAGENETTE, 'val')}",
+            "--max_train=40",
+            "--max_val=20",
             "--epochs=2",
             f"--cache_dir={root / 'linear_cache'}",
             f"--save_probe={root / 'probe.keras'}",
@@ -123,6 +136,8 @@ def test_eval_linear_fast_and_full(files, capsys):
         assert json.load(f)["best_top1"] == fast["best_top1"]
     full = recipe.main(common + ["--epochs=1"])
     assert len(full["history"]["val_acc1"]) == 1
+    with pytest.raises(ValueError, match="--fast only"):
+        recipe.main(common + ["--stream"])
 
 
 @needs_data
