@@ -134,9 +134,12 @@ def test_truncated_download_is_a_clear_error(checkpoint, tmp_path):
 
 
 def test_preset_architecture_without_weights():
-    backbone = ViTBackbone.from_preset("dino_vits8", load_weights=False)
+    # num_layers=1 keeps the test light; the variant sets the rest.
+    backbone = ViTBackbone.from_preset(
+        "dino_vits8", load_weights=False, num_layers=1
+    )
     assert (backbone.hidden_dim, backbone.patch_size) == (384, 8)
-    assert backbone.num_heads == 6 and backbone.num_layers == 12
+    assert backbone.num_heads == 6 and backbone.image_size == 224
 
 
 def test_unknown_preset():
