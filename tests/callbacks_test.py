@@ -17,7 +17,7 @@ from keras_dino.optimizers import DINOAdamW
 
 @pytest.fixture(scope="module")
 def model(tiny):
-    model = tiny.dino(out_dim=32)
+    model = tiny.dino()
     model.compile(optimizer=DINOAdamW(learning_rate=1e-3))
     return model
 
@@ -73,7 +73,7 @@ def test_center_momentum(model, tiny):
 
 
 def test_freeze_last_layer_sets_frozen_steps(tiny):
-    model = tiny.dino(out_dim=32)
+    model = tiny.dino()
     optimizer = DINOAdamW(learning_rate=1e-3)
     model.compile(optimizer=optimizer)
     callback = _attach(callbacks.FreezeLastLayer(epochs=2), model, 5, 7)
@@ -85,7 +85,7 @@ def test_freeze_last_layer_sets_frozen_steps(tiny):
 
 
 def test_freeze_last_layer_needs_dino_adamw(tiny):
-    model = tiny.dino(out_dim=32)
+    model = tiny.dino()
     model.compile(optimizer=keras.optimizers.SGD())
     callback = _attach(callbacks.FreezeLastLayer(), model, 1, 1)
     with pytest.raises(ValueError, match="DINOAdamW"):
