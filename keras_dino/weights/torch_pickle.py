@@ -12,7 +12,8 @@ can run any Python code. This reader instead uses a restricted unpickler:
 functions, the storage classes, `collections.OrderedDict`, and
 `argparse.Namespace`), each to a harmless stand-in defined here, and raises
 `UnsafeCheckpointError` for every other global before anything is called.
-PyTorch itself is never imported.
+PyTorch itself is never imported. The legacy pre-1.6 format (header
+pickles, the object pickle, then raw storage records) is read the same way.
 
 `argparse.Namespace` (the `args` of full DINO training checkpoints) is
 resolved to `CheckpointArgs`, a plain `types.SimpleNamespace` subclass: the
@@ -65,8 +66,34 @@ _STORAGE_DTYPES = {
 }
 
 
+class _PendingStorage:
+    """A legacy-format storage whose bytes come after the pickle."""
+
+    def __init__(self, storage_type, numel):
+        self.storage_type = storage_type
+        self.numel = numel
+        self.array = None
+
+
+class _PendingTensor:
+    """A tensor of a `_PendingStorage`, built once the bytes are read."""
+
+    def __init__(self, storage, storage_offset, size, stride):
+        self.storage = storage
+        self.args = (storage_offset, size, stride)
+
+    def resolve(self):
+        return _rebuild_tensor(self.storage.array, *self.args)
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     """Numpy view of `storage` with torch's size/stride/offset (elements)."""
+    if isinstance(storage, _PendingStorage):
+        return _PendingTensor(storage, storage_offset, size, stride)
+    if not isinstance(storage, np.ndarray):
+        raise pickle.UnpicklingError(
+            f"A tensor must be built from a storage, got {storage!r}."
+        )
     size = tuple(int(s) for s in size)
     stride = tuple(int(s) for s in stride)
     if len(size) != len(stride):
@@ -105,7 +132,7 @@ def _rebuild_tensor_v2(
 
 
 def _rebuild_parameter(data, requires_grad=False, *unused):
-    if not isinstance(data, np.ndarray):
+    if not isinstance(data, (np.ndarray, _PendingTensor)):
         raise pickle.UnpicklingError(
             f"A parameter must wrap a tensor, got {type(data).__name__}."
         )
@@ -177,6 +204,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafeCheckpointError(
                 f"Unsupported persistent id in checkpoint: {pid!r}."
             )
+        if len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError(
+                "Storage views of the legacy torch format are not supported."
+            )
         _, storage_type, key, _location, numel = pid[:5]
         return self._load_storage(storage_type, str(key), int(numel))
 
@@ -199,10 +230,88 @@ def _storage_array(raw, storage_type, numel, big_endian, name):
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
 def _is_legacy_torch_file(path):
     with open(path, "rb") as f:
         head = f.read(2)
     return head[:1] == b"\x80"  # A bare pickle stream (torch < 1.6 format).
+
+
+def _no_storage(*unused):
+    raise UnsafeCheckpointError("Unexpected storage in a file header.")
+
+
+def _resolve(obj):
+    """Replaces `_PendingTensor`s in containers by numpy arrays."""
+    if isinstance(obj, _PendingTensor):
+        return obj.resolve()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _resolve(value)
+    elif isinstance(obj, list):
+        obj[:] = [_resolve(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return type(obj)(_resolve(v) for v in obj)
+    elif isinstance(obj, CheckpointArgs):
+        for key, value in vars(obj).items():
+            setattr(obj, key, _resolve(value))
+    return obj
+
+
+def _load_legacy_torch_file(path):
+    """Reads the pre-1.6 format: header pickles, object, storage records."""
+    with open(path, "rb") as f:
+        try:
+            magic = RestrictedUnpickler(f, _no_storage).load()
+            protocol = RestrictedUnpickler(f, _no_storage).load()
+            sys_info = RestrictedUnpickler(f, _no_storage).load()
+        except (EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"{path} is not a torch checkpoint: {e}") from e
+        if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
+            raise ValueError(
+                f"{path} is a pickle but not a torch checkpoint (magic "
+                f"{magic!r}, protocol {protocol!r})."
+            )
+        big_endian = not sys_info.get("little_endian", True)
+        pending = {}
+
+        def load_storage(storage_type, key, numel):
+            if key not in pending:
+                pending[key] = _PendingStorage(storage_type, numel)
+            return pending[key]
+
+        try:
+            obj = RestrictedUnpickler(f, load_storage).load()
+            keys = RestrictedUnpickler(f, _no_storage).load()
+        except EOFError as e:
+            raise ValueError(
+                f"{path} ends early; the checkpoint is truncated."
+            ) from e
+        for key in keys:
+            storage = pending[str(key)]
+            count = f.read(8)
+            if len(count) < 8:
+                raise ValueError(
+                    f"{path} ends before storage {key!r}; the checkpoint is "
+                    "truncated."
+                )
+            numel = int(np.frombuffer(count, ">i8" if big_endian else "<i8")[0])
+            itemsize = (
+                2
+                if storage.storage_type.dtype == "bf16"
+                else (np.dtype(storage.storage_type.dtype).itemsize)
+            )
+            raw = f.read(numel * itemsize)
+            storage.array = _storage_array(
+                raw, storage.storage_type, numel, big_endian, str(key)
+            )
+    missing = [k for k, v in pending.items() if v.array is None]
+    if missing:
+        raise ValueError(f"{path} has no data for storages {missing}.")
+    return _resolve(obj)
 
 
 def load_torch_file(path):
@@ -210,7 +319,8 @@ def load_torch_file(path):
 
     Args:
         path: path to a `.pth` / `.pt` / `pytorch_model.bin` file written by
-            `torch.save` with the zip format (PyTorch >= 1.6).
+            `torch.save`, in the zip format (PyTorch >= 1.6) or the legacy
+            pickle-stream format (`_use_new_zipfile_serialization=False`).
 
     Returns:
         The saved object with every tensor replaced by a `numpy.ndarray`
@@ -221,18 +331,15 @@ def load_torch_file(path):
     Raises:
         UnsafeCheckpointError: the pickle refers to any global outside the
             allow-list (nothing from the file has been executed).
-        ValueError: the file is not a complete torch zip checkpoint
-            (truncated, corrupted, or the legacy pre-1.6 format).
+        ValueError: the file is not a complete torch checkpoint
+            (truncated or corrupted).
     """
     path = str(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         if _is_legacy_torch_file(path):
-            raise ValueError(
-                f"{path} uses PyTorch's legacy (pre-1.6) serialization, "
-                "which is not supported; re-save it with a recent torch."
-            ) from e
+            return _load_legacy_torch_file(path)
         raise ValueError(
             f"{path} is not a complete PyTorch zip checkpoint (truncated "
             f"or corrupted download?): {e}"

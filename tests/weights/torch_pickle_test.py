@@ -168,8 +168,36 @@ def test_missing_storage_record_is_a_clear_error(tmp_path):
         load_torch_file(stripped)
 
 
-def test_legacy_format_is_a_clear_error(tmp_path):
+def test_legacy_format(tmp_path):
+    base = torch.randn(4, 6)
+    checkpoint = {
+        "teacher": {"w": base.t(), "b": torch.arange(3), "h": base.half()},
+        "args": argparse.Namespace(arch="vit_small"),
+        "epoch": 2,
+        "p": torch.nn.Parameter(torch.ones(2)),
+    }
     path = tmp_path / "legacy.pth"
-    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(ValueError, match="legacy"):
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    loaded = load_torch_file(path)
+    for key, tensor in checkpoint["teacher"].items():
+        np.testing.assert_array_equal(loaded["teacher"][key], tensor.numpy())
+    np.testing.assert_array_equal(loaded["p"], np.ones(2, "float32"))
+    assert loaded["args"].arch == "vit_small" and loaded["epoch"] == 2
+
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(ValueError, match="truncated"):
+        load_torch_file(truncated)
+
+
+def test_legacy_format_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil_legacy.pth"
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, 2)
+        pickle.dump(1001, f, 2)
+        pickle.dump({"little_endian": True}, f, 2)
+        pickle.dump({"w": _RunsShell(marker)}, f, 2)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
         load_torch_file(path)
+    assert not marker.exists()
