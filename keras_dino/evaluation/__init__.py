@@ -26,6 +26,7 @@ from keras_dino.evaluation.linear_probe import build_linear_probe
 from keras_dino.evaluation.linear_probe import fit_linear_classifier
 from keras_dino.evaluation.linear_probe import fit_linear_probe
 from keras_dino.evaluation.linear_probe import linear_probe_learning_rate
+from keras_dino.evaluation.linear_probe import load_reference_linear_weights
 from keras_dino.evaluation.linear_probe import random_resized_crop_box
 from keras_dino.evaluation.loading import labeled_dataset
 from keras_dino.evaluation.loading import load_backbone
@@ -59,6 +60,7 @@ __all__ = [
     "load_image_folder",
     "load_labeled_images",
     "load_npz",
+    "load_reference_linear_weights",
     "preprocess_images",
     "random_resized_crop_box",
     "save_attention_maps",

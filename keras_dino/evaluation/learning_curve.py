@@ -41,7 +41,9 @@ def plot_learning_curve(history, path, baseline_knn=None, title=None):
     axes[0].plot(epochs, history["loss"], "o-", label="DINO loss")
     if "teacher_entropy" in history:
         axes[0].plot(
-            epochs, history["teacher_entropy"], "s--",
+            epochs,
+            history["teacher_entropy"],
+            "s--",
             label="teacher entropy",
         )
     axes[0].set_xlabel("epoch")

@@ -18,6 +18,7 @@ from keras_dino.evaluation import fit_linear_classifier
 from keras_dino.evaluation import fit_linear_probe
 from keras_dino.evaluation import imagenet_preprocessing
 from keras_dino.evaluation import linear_probe_learning_rate
+from keras_dino.evaluation import load_reference_linear_weights
 from keras_dino.evaluation import random_resized_crop_box
 from keras_dino.models import ViTBackbone
 
@@ -192,3 +193,31 @@ def test_fast_mode_on_cached_features(backbone):
     assert classifier.kernel.shape == (8, 2)
     with pytest.raises(ValueError, match="differ in length"):
         fit_linear_classifier(features, labels[:3], features, labels)
+
+
+def test_load_reference_linear_weights(backbone, tmp_path):
+    torch = pytest.importorskip("torch")
+    probe = build_linear_probe(backbone, num_classes=5, n_last_blocks=2)
+    weight, bias = torch.randn(5, 32), torch.randn(5)
+    path = tmp_path / "linearweights.pth"
+    torch.save(
+        {
+            "epoch": 100,
+            "state_dict": {
+                "module.linear.weight": weight,
+                "module.linear.bias": bias,
+            },
+            "best_acc": 77.0,
+        },
+        path,
+    )
+    load_reference_linear_weights(probe, str(path))
+    np.testing.assert_array_equal(
+        _np(probe.classifier.kernel), weight.numpy().T
+    )
+    np.testing.assert_array_equal(_np(probe.classifier.bias), bias.numpy())
+    with pytest.raises(ValueError, match="do not fit"):
+        load_reference_linear_weights(
+            build_linear_probe(backbone, num_classes=5, n_last_blocks=1),
+            str(path),
+        )

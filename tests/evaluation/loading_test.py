@@ -71,6 +71,13 @@ def test_load_backbone(tmp_path):
     restored = load_backbone(path)
     assert isinstance(restored, ViTBackbone) and restored.hidden_dim == 8
     # random_init is exercised end to end by the eval_knn recipe test.
+    # A saved DINO model gives its teacher backbone.
+    from keras_dino.models.dino import DINO
+
+    dino = DINO(backbone, out_dim=16, hidden_dim=8, bottleneck_dim=4)
+    dino.save(str(tmp_path / "dino.keras"))
+    teacher = load_backbone(str(tmp_path / "dino.keras"))
+    assert teacher.name == dino.teacher_backbone.name
     with pytest.raises(ValueError, match="exactly one"):
         load_backbone(path, random_init=True, arch="ViT-T/16")
     with pytest.raises(FileNotFoundError):
