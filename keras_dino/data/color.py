@@ -88,15 +88,18 @@ def adjust_brightness(image, factor):
 
 def adjust_contrast(image, factor):
     """Blends the image with the mean of its grayscale version."""
-    w = tf.constant(GRAYSCALE_WEIGHTS, tf.float32)[:, None]
+    w = tf.constant(np.array(GRAYSCALE_WEIGHTS, np.float32)[:, None])
     mean = tf.reduce_mean(tf.reshape(image, [-1, 3]) @ w)
     offset = tf.fill([3], (1.0 - factor) * mean)
-    return affine(image, factor * tf.eye(3), offset)
+    return affine(
+        image, factor * tf.constant(np.eye(3, dtype=np.float32)), offset
+    )
 
 
 def adjust_saturation(image, factor):
     """Blends the image with its grayscale version."""
-    matrix = factor * tf.eye(3) + (1.0 - factor) * _gray_matrix()
+    eye = tf.constant(np.eye(3, dtype=np.float32))
+    matrix = factor * eye + (1.0 - factor) * _gray_matrix()
     return affine(image, matrix)
 
 
@@ -105,32 +108,20 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def _jitter_matrices(factors):
-    """Matrices of brightness, contrast, saturation and identity, (4, 3, 3)."""
-    b, c, s = factors[BRIGHTNESS], factors[CONTRAST], factors[SATURATION]
-    eye = tf.constant(np.eye(3, dtype=np.float32))
-    return tf.stack(
-        [b * eye, c * eye, s * eye + (1.0 - s) * _gray_matrix(), eye]
+def _jitter_op(image, index, factors):
+    return tf.switch_case(
+        index,
+        [
+            lambda: adjust_brightness(image, factors[BRIGHTNESS]),
+            lambda: adjust_contrast(image, factors[CONTRAST]),
+            lambda: adjust_saturation(image, factors[SATURATION]),
+            lambda: adjust_hue(image, factors[HUE]),
+        ],
     )
-
-
-def _jitter_affine(image, index, factors, matrices):
-    """Brightness (0), contrast (1), saturation (2) or identity (3)."""
-    w = tf.constant(np.array(GRAYSCALE_WEIGHTS, np.float32)[:, None])
-    mean = tf.reduce_mean(tf.reshape(image, [-1, 3]) @ w)
-    offset = tf.where(
-        tf.equal(index, CONTRAST), (1.0 - factors[CONTRAST]) * mean, 0.0
-    )
-    return affine(image, tf.gather(matrices, index), tf.fill([3], offset))
 
 
 def color_jitter(image, factors, order):
     """Applies brightness, contrast, saturation and hue in a given order.
-
-    Runs without control flow (which is slow inside `tf.data` maps): three
-    affine slots before the hue rotation and three after it, each slot
-    being the brightness, contrast or saturation op due at that position
-    or the identity.
 
     Args:
         image: float tensor `(H, W, 3)` in [0, 1].
@@ -145,17 +136,8 @@ def color_jitter(image, factors, order):
     """
     factors = tf.cast(factors, tf.float32)
     order = tf.cast(order, tf.int32)
-    position = tf.range(4)
-    hue_at = tf.reduce_sum(tf.where(tf.equal(order, HUE), position, 0))
-    identity = tf.fill([4], 3)
-    before = tf.where(position < hue_at, order, identity)
-    after = tf.where(position > hue_at, order, identity)
-    matrices = _jitter_matrices(factors)
-    for slot in range(3):
-        image = _jitter_affine(image, before[slot], factors, matrices)
-    image = adjust_hue(image, factors[HUE])
-    for slot in range(1, 4):
-        image = _jitter_affine(image, after[slot], factors, matrices)
+    for step in range(4):
+        image = _jitter_op(image, order[step], factors)
     return image
 
 

@@ -356,8 +356,12 @@ class MultiCropAugmentation:
         size = self.crop_sizes[k]
         crop = resized_crop(image, params["boxes"][k], size, self.antialias)
         crop = tf.ensure_shape(crop, (size, size, 3))
-        if self.flip_prob > 0:
-            crop = tf.where(params["flip"][k], tf.reverse(crop, [1]), crop)
+        crop = _maybe_apply(
+            self.flip_prob,
+            params["flip"][k],
+            lambda x: tf.reverse(x, [1]),
+            crop,
+        )
         crop = _maybe_apply(
             self.color_jitter_prob,
             params["color_jitter"][k],
@@ -366,8 +370,9 @@ class MultiCropAugmentation:
             ),
             crop,
         )
-        if self.grayscale_prob > 0:
-            crop = color.grayscale(crop, params["grayscale"][k])
+        crop = _maybe_apply(
+            self.grayscale_prob, params["grayscale"][k], color.grayscale, crop
+        )
         crop = _maybe_apply(
             self._blur_probs()[k],
             params["blur"][k],
@@ -376,8 +381,12 @@ class MultiCropAugmentation:
             ),
             crop,
         )
-        if self._solarize_probs()[k] > 0:
-            crop = color.solarize(crop, params["solarize"][k])
+        crop = _maybe_apply(
+            self._solarize_probs()[k],
+            params["solarize"][k],
+            color.solarize,
+            crop,
+        )
         return color.normalize(crop, self.mean, self.std)
 
     @tf.autograph.experimental.do_not_convert
