@@ -1,0 +1,221 @@
+import glob
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_dino.data import BadFileReport
+from keras_dino.data import CenterCropTransform
+from keras_dino.data import MultiCropAugmentation
+from keras_dino.data import from_arrays
+from keras_dino.data import from_image_folder
+from keras_dino.data import from_npz
+from keras_dino.data import from_tfds
+from keras_dino.data import list_image_files
+
+DATA = "/work/shared/data"
+JPEGS = sorted(glob.glob(f"{DATA}/imagenette224/train/*/*.JPEG"))
+
+
+def small_augmentation(seed=0):
+    return MultiCropAugmentation(16, 8, 2, seed=seed)
+
+
+def check_crops(crops, batch_size):
+    assert isinstance(crops, tuple) and len(crops) == 4
+    shapes = [tuple(c.shape) for c in crops]
+    assert shapes == [(batch_size, 16, 16, 3)] * 2 + [(batch_size, 8, 8, 3)] * 2
+    for crop in crops:
+        assert crop.dtype == "float32"
+        tensor = keras.ops.convert_to_tensor(crop.numpy())
+        assert tuple(tensor.shape) == tuple(crop.shape)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for cls in ("n01440764", "n02102040"):
+        os.makedirs(tmp_path / cls)
+        for path in [p for p in JPEGS if f"/{cls}/" in p][:6]:
+            shutil.copy(path, tmp_path / cls)
+    data = open(JPEGS[0], "rb").read()
+    (tmp_path / "n01440764" / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "n01440764" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "n02102040" / "notes.jpg").write_text("not an image\n")
+    (tmp_path / "n02102040" / "README.txt").write_text("ignored\n")
+    return tmp_path
+
+
+def test_image_folder_skips_and_reports_bad_files(folder):
+    report = BadFileReport()
+    ds = from_image_folder(
+        folder,
+        small_augmentation(),
+        batch_size=4,
+        seed=0,
+        bad_file_report=report,
+        with_labels=True,
+    )
+    for _ in range(2):  # two epochs: iteration never stops on bad files
+        batches = list(ds)
+        assert len(batches) == 3  # 12 good images, drop_remainder
+        labels = np.concatenate([labels.numpy() for _, labels in batches])
+        assert sorted(labels) == [0] * 6 + [1] * 6
+    check_crops(batches[0][0], 4)
+    expected = [
+        str(folder / "n01440764" / "corrupt.jpg"),
+        str(folder / "n01440764" / "empty.jpg"),
+        str(folder / "n02102040" / "notes.jpg"),
+    ]
+    assert report.bad_files == expected
+    assert report.num_bad_files == 3
+    assert "3 image file(s)" in report.summary()
+
+
+def test_report_callback_prints_at_epoch_end(capsys):
+    report = BadFileReport()
+    report.record(b"/data/bad.jpg")
+    report.on_epoch_end(0)
+    assert "/data/bad.jpg" in capsys.readouterr().out
+    report.on_epoch_end(1)  # nothing new: silent
+    assert capsys.readouterr().out == ""
+
+
+def test_image_folder_is_deterministic_and_reshuffles(folder):
+    def first(ds):
+        return [c.numpy() for c in next(iter(ds))]
+
+    make = lambda: from_image_folder(  # noqa: E731
+        folder, small_augmentation(), batch_size=4, seed=1
+    )
+    a, b = first(make()), first(make())
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    ds = make()
+    epoch1, epoch2 = first(ds), first(ds)
+    assert not np.allclose(epoch1[0], epoch2[0])
+
+
+def test_image_kinds_in_a_flat_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).save(tmp_path / "b.bmp")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "c.gif")
+    Image.fromarray(rgb).resize((500, 20)).save(tmp_path / "wide.jpeg")
+    Image.fromarray(rgb[:4, :3]).save(tmp_path / "tiny.JPG")
+    paths, labels, classes = list_image_files(tmp_path)
+    assert len(paths) == 8 and set(labels) == {-1} and classes == []
+    report = BadFileReport()
+    ds = from_image_folder(
+        tmp_path,
+        small_augmentation(),
+        batch_size=8,
+        seed=0,
+        bad_file_report=report,
+    )
+    check_crops(next(iter(ds)), 8)
+    assert report.bad_files == []
+
+
+def test_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="No image file"):
+        from_image_folder(tmp_path, small_augmentation(), batch_size=2)
+    (tmp_path / "notes.txt").write_text("x")
+    os.makedirs(tmp_path / "empty_class")
+    with pytest.raises(ValueError, match="No image file"):
+        from_image_folder(tmp_path, small_augmentation(), batch_size=2)
+    with pytest.raises(ValueError, match="does not exist"):
+        from_image_folder(tmp_path / "missing", batch_size=2)
+
+
+def test_from_arrays_labels_and_sharding():
+    images = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3))
+    images = images.astype(np.uint8)
+    ds = from_arrays(
+        images,
+        np.arange(10),
+        small_augmentation(),
+        batch_size=5,
+        with_labels=True,
+        shuffle=False,
+        seed=0,
+    )
+    batches = list(ds)
+    assert len(batches) == 2
+    check_crops(batches[0][0], 5)
+    np.testing.assert_array_equal(batches[0][1], np.arange(5))
+    shard = from_arrays(
+        images,
+        np.arange(10),
+        small_augmentation(),
+        batch_size=5,
+        with_labels=True,
+        shuffle=False,
+        seed=0,
+        num_shards=2,
+        shard_index=1,
+    )
+    np.testing.assert_array_equal(next(iter(shard))[1], [1, 3, 5, 7, 9])
+
+
+def test_from_arrays_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="shape"):
+        from_arrays(np.zeros((4, 8, 8, 2), np.uint8), batch_size=2)
+    with pytest.raises(ValueError, match="one entry per image"):
+        from_arrays(np.zeros((4, 8, 8, 3), np.uint8), [1, 2], batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        from_arrays(np.zeros((4, 8, 8, 3), np.uint8), batch_size=0)
+    with pytest.raises(ValueError, match="shard_index"):
+        from_arrays(np.zeros((4, 8, 8, 3), np.uint8), num_shards=2)
+
+
+def test_from_npz_and_evaluation_transform():
+    path = f"{DATA}/imagenette64_val.npz"
+    ds = from_npz(path, small_augmentation(), batch_size=32, seed=0)
+    check_crops(next(iter(ds)), 32)
+    assert len(list(ds)) == 3  # 100 images, drop_remainder
+    evaluation = from_npz(
+        [path],
+        CenterCropTransform(56, 64),
+        batch_size=32,
+        with_labels=True,
+        shuffle=False,
+        drop_remainder=False,
+    )
+    batches = list(evaluation)
+    assert sum(len(labels) for _, labels in batches) == 100
+    images, labels = batches[0]
+    assert tuple(images.shape) == (32, 56, 56, 3)
+    np.testing.assert_array_equal(labels, np.load(path)["labels"][:32])
+
+
+def test_center_crop_matches_pil():
+    image = np.asarray(Image.open(JPEGS[0]).convert("RGB"))
+    image = np.asarray(Image.fromarray(image).resize((300, 224)))
+    out = CenterCropTransform(96, 110)(image).numpy()
+    ref = Image.fromarray(image).resize((147, 110), Image.BICUBIC)
+    ref = np.asarray(ref)[7:103, 26:122] / 255.0
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out * std + mean, ref, atol=0.05)
+    assert np.abs(out * std + mean - ref).mean() < 0.01
+
+
+def test_from_tfds_offline_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=8):
+        ds = from_tfds(
+            "mnist",
+            small_augmentation(),
+            batch_size=4,
+            seed=0,
+            with_labels=True,
+        )
+        crops, labels = next(iter(ds))
+    check_crops(crops, 4)
+    assert labels.shape == (4,)
