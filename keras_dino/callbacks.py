@@ -155,23 +155,33 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops `fit` with a clear error when the loss is not finite.
 
-    It reads only the step's logs (never the model), so on JAX it waits
-    for the step's result but copies no training state. It runs before
-    checkpoint callbacks, so nothing already saved is overwritten with a
-    broken model.
+    It reads only the step's logs (never the model) and is `async_safe`:
+    on JAX and PyTorch Keras runs its check in a worker thread, so it adds
+    no host synchronisation to the training loop (unless another callback,
+    such as the `verbose=1` progress bar, already forces one); the error
+    surfaces a step later, and always before `on_epoch_end`, so it stops
+    training before any checkpoint callback can overwrite a good file.
     """
+
+    async_safe = True
 
     def get_config(self):
         return {}
 
     def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"step {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"the end of epoch {epoch + 1}")
+
+    def _check(self, logs, where):
         loss = (logs or {}).get("loss")
         if loss is None:
             return
         loss = float(loss)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"The DINO loss became {loss} at step {batch}. Training was "
+                f"The DINO loss became {loss} at {where}. Training was "
                 "stopped; checkpoints already written were left as they "
                 "are. Try a lower learning rate, a longer warm-up, "
                 "gradient clipping (clip_norm=3.0), a teacher-temperature "

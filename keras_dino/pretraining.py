@@ -99,6 +99,85 @@ def multi_crop_augmentation(config):
     )
 
 
+def pretraining_dataset(
+    augmentation,
+    batch_size,
+    *,
+    image_folder=None,
+    tfds_name=None,
+    tfds_data_dir=None,
+    tfds_split="train",
+    npz_paths=None,
+    max_images=None,
+    seed=0,
+    bad_file_report=None,
+):
+    """A repeated multi-crop dataset from one source, and its image count.
+
+    Exactly one of `image_folder`, `tfds_name` and `npz_paths` is given.
+    The dataset repeats forever, so `fit` needs `steps_per_epoch` (e.g.
+    `steps_for(num_images, batch_size)`).
+
+    Returns:
+        `(dataset, num_images)`.
+    """
+    from keras_dino import data
+
+    given = [image_folder, tfds_name, npz_paths]
+    if sum(g is not None for g in given) != 1:
+        raise ValueError(
+            "Give exactly one of image_folder, tfds_name or npz_paths."
+        )
+    common = {"batch_size": batch_size, "seed": seed}
+    if npz_paths is not None:
+        images, labels = data.load_npz(npz_paths)
+        if max_images:
+            images, labels = images[:max_images], labels[:max_images]
+        dataset = data.from_arrays(images, labels, augmentation, **common)
+        num_images = len(images)
+    elif image_folder is not None:
+        files = data.list_image_files(image_folder)[0]
+        num_images = (
+            len(files) if not max_images else min(len(files), max_images)
+        )
+        dataset = data.from_image_folder(
+            image_folder,
+            augmentation,
+            bad_file_report=bad_file_report,
+            **common,
+        )
+    else:
+        dataset = data.from_tfds(
+            tfds_name,
+            augmentation,
+            split=tfds_split,
+            data_dir=tfds_data_dir,
+            **common,
+        )
+        num_images = int(dataset.cardinality()) * batch_size
+        if num_images <= 0:
+            raise ValueError(
+                f"Cannot tell the size of TFDS {tfds_name!r}; give "
+                "steps_per_epoch explicitly."
+            )
+    if max_images and npz_paths is None:
+        dataset = dataset.take(max_images // batch_size)
+    return dataset.repeat(), num_images
+
+
+def default_strategy():
+    """A `MirroredStrategy` when TensorFlow sees several GPUs, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        print(f"Training on {len(gpus)} GPUs with MirroredStrategy.")
+        return tf.distribute.MirroredStrategy()
+    return None
+
+
 def logging_callbacks(output_dir):
     """CSV history and, when TensorBoard is installed, TensorBoard logs."""
     result = [
@@ -137,7 +216,8 @@ def pretrain(
     When `output_dir/checkpoints` holds a complete checkpoint, the model
     (weights, teacher, center, optimizer state and iteration count) is
     loaded from it and training continues at the next epoch with the same
-    schedules. At the end the teacher backbone is saved as
+    schedules. The teacher backbone is saved before training as
+    `output_dir/initial_backbone.keras` (random weights) and at the end as
     `output_dir/teacher_backbone.keras`.
 
     Args:
@@ -166,6 +246,10 @@ def pretrain(
             initial_epoch = 0
             model = build_dino(config)
             model.compile(optimizer=build_optimizer(config, steps_per_epoch))
+            # The starting point, for comparisons with random weights.
+            model.teacher_backbone.save(
+                os.path.join(output_dir, "initial_backbone.keras")
+            )
     if initial_epoch >= config["epochs"]:
         print(f"All {config['epochs']} epochs are done already.")
         history = None
@@ -210,6 +294,8 @@ __all__ = [
     "build_backbone",
     "build_dino",
     "build_optimizer",
+    "default_strategy",
+    "pretraining_dataset",
     "multi_crop_augmentation",
     "pretrain",
     "schedule_callbacks",

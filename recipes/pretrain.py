@@ -93,7 +93,6 @@ def config_from_flags():
 
 def main(argv):
     del argv
-    from keras_dino import data
     from keras_dino import pretraining
 
     config = config_from_flags()
@@ -103,7 +102,7 @@ def main(argv):
             "Give exactly one of --data_path, --tfds_name or --npz."
         )
     augmentation = pretraining.multi_crop_augmentation(config)
-    dataset, num_images = data.pretraining_dataset(
+    dataset, num_images = pretraining.pretraining_dataset(
         augmentation,
         batch_size=config["batch_size"],
         image_folder=FLAGS.data_path,
@@ -120,7 +119,7 @@ def main(argv):
     extra = []
     if FLAGS.knn_npz:
         extra.append(_knn_monitor(FLAGS.knn_npz, FLAGS.knn_images))
-    strategy = data.default_strategy()
+    strategy = pretraining.default_strategy()
     print(f"Config {FLAGS.config}: {config}")
     print(
         f"{num_images} images, {steps} steps per epoch, "

@@ -4,11 +4,13 @@ from keras_dino.layers.attention import MultiHeadSelfAttention
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.layers.drop_path import DropPath
 from keras_dino.layers.patch_embedding import PatchEmbedding
+from keras_dino.layers.preprocessing import ImagePreprocessing
 from keras_dino.layers.vit_block import ViTBlock
 
 __all__ = [
     "DINOHead",
     "DropPath",
+    "ImagePreprocessing",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "ViTBlock",

@@ -374,6 +374,20 @@ class DINO(keras.Model):
             *args, callbacks=with_default_callbacks(callbacks), **kwargs
         )
 
+    # --- presets -------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A DINO model from an official full training checkpoint.
+
+        Rebuilds student and teacher backbones and heads and the center
+        from a reference `checkpoint.pth` (or a preset name / URL), so that
+        training can continue from it. See `keras_dino.weights.load_dino`.
+        """
+        from keras_dino.weights.presets import load_dino
+
+        return load_dino(preset, load_weights=load_weights, **kwargs)
+
     # --- serialisation -------------------------------------------------
 
     def get_config(self):
