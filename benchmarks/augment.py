@@ -19,9 +19,20 @@ from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+_SHARED_DATA = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
+)
 _ROOT = flags.DEFINE_string(
     "root",
-    "/work/shared/data/imagenette224/train",
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "..",
+        "..",
+        "shared",
+        "data",
+        "imagenette224",
+        "train",
+    ),
     "Image folder to read.",
 )
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")

@@ -14,6 +14,14 @@ import keras
 from keras_dino.schedules import teacher_temperature_schedule
 
 
+class _ConfigurableCallback(keras.callbacks.Callback):
+    """A callback rebuilt from its `get_config()` arguments."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 def _steps_per_epoch(callback):
     steps = callback.params.get("steps")
     if not steps:
@@ -25,7 +33,7 @@ def _steps_per_epoch(callback):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class TeacherMomentumSchedule(keras.callbacks.Callback):
+class TeacherMomentumSchedule(_ConfigurableCallback):
     """Cosine teacher EMA momentum from `base` to `final` over the run.
 
     At the start of `fit` it records the run length (epochs x steps per
@@ -52,7 +60,7 @@ class TeacherMomentumSchedule(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class TeacherTemperatureSchedule(keras.callbacks.Callback):
+class TeacherTemperatureSchedule(_ConfigurableCallback):
     """Teacher temperature, linear warm-up per epoch then constant.
 
     Args:
@@ -88,7 +96,7 @@ class TeacherTemperatureSchedule(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class CenterMomentum(keras.callbacks.Callback):
+class CenterMomentum(_ConfigurableCallback):
     """Momentum of the center update, constant or a function of the epoch.
 
     Args:
@@ -115,7 +123,7 @@ class CenterMomentum(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class FreezeLastLayer(keras.callbacks.Callback):
+class FreezeLastLayer(_ConfigurableCallback):
     """Keeps the head's last layer untouched for the first `epochs` epochs.
 
     Sets the optimiser's `frozen_steps` to `epochs * steps_per_epoch`; the
@@ -152,7 +160,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class NonFiniteLossGuard(keras.callbacks.Callback):
+class NonFiniteLossGuard(_ConfigurableCallback):
     """Stops `fit` with a clear error when the loss is not finite.
 
     It reads only the step's logs (never the model) and is `async_safe`:

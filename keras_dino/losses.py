@@ -86,6 +86,8 @@ def update_center(center, teacher_logits, momentum=0.9):
     Returns:
         The new `(1, out_dim)` center.
     """
+    center = ops.convert_to_tensor(center)
+    teacher_logits = ops.convert_to_tensor(teacher_logits)
     batch_center = ops.mean(teacher_logits, axis=0, keepdims=True)
     return center * momentum + batch_center * (1.0 - momentum)
 

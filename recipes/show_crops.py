@@ -4,7 +4,7 @@ One row per image: the original (resized), then the 2 global crops and the
 local crops, un-normalised for display.
 
     python recipes/show_crops.py \
-        --images_dir=/work/shared/data/imagenette224/val \
+        --images_dir=../shared/data/imagenette224/val \
         --num_images=4 --output=/tmp/crops.png
 """
 
@@ -14,9 +14,20 @@ import os
 from absl import app
 from absl import flags
 
+_SHARED_DATA = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
+)
 _IMAGES_DIR = flags.DEFINE_string(
     "images_dir",
-    "/work/shared/data/imagenette224/val",
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "..",
+        "..",
+        "shared",
+        "data",
+        "imagenette224",
+        "val",
+    ),
     "Folder of images (searched recursively for JPEG/PNG/BMP/GIF).",
 )
 _OUTPUT = flags.DEFINE_string("output", "crops.png", "PNG file to write.")

@@ -142,7 +142,7 @@ def from_npz(paths, augmentation=None, batch_size=64, **kwargs):
 
     Args:
         paths: a path or a list of paths of `.npz` files (keys `images`
-            and `labels`, as in /work/shared/data).
+            and `labels`, as in the CIFAR-10 files of ../shared/data).
         augmentation: callable `(image, seed) -> crops`, by default
             `MultiCropAugmentation(seed=seed)`.
         batch_size: number of images per batch.

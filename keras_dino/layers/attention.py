@@ -52,6 +52,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.hidden_dim,))
 

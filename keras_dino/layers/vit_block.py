@@ -69,6 +69,7 @@ class ViTBlock(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.norm1.build(input_shape)
         self.attention.build(input_shape)
         self.norm2.build(input_shape)

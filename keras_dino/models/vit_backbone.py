@@ -91,6 +91,9 @@ class ViTBackbone(keras.Model):
         )
 
         # === Functional model ===
+        # Set `trainable` once the layers exist: passed to Functional's
+        # constructor it would not reach them.
+        trainable = kwargs.pop("trainable", True)
         images = keras.Input(shape=(None, None, 3), name="images")
         x = patch_embedding(images)
         for block in blocks:
@@ -113,6 +116,7 @@ class ViTBackbone(keras.Model):
         self.patch_embedding = patch_embedding
         self.blocks = blocks
         self.final_norm = final_norm
+        self.trainable = trainable
 
     @classmethod
     def from_variant(cls, variant, **kwargs):

@@ -1,6 +1,7 @@
 import glob
 import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ from keras_dino.data import from_npz
 from keras_dino.data import from_tfds
 from keras_dino.data import list_image_files
 
-DATA = "/work/shared/data"
+DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
 JPEGS = sorted(glob.glob(f"{DATA}/imagenette224/train/*/*.JPEG"))
 
 

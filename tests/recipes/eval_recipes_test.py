@@ -7,6 +7,7 @@ The recipes are imported from `recipes/` and run in-process through their
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from keras_dino.models import ViTBackbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-DATA = "/work/shared/data"
+DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
 CIFAR_VAL = os.path.join(DATA, "cifar10_val.npz")
 IMAGENETTE = os.path.join(DATA, "imagenette224")
 
