@@ -13,6 +13,14 @@ import numpy as np
 import pytest
 
 BACKEND = keras.backend.backend()
+
+if BACKEND == "torch":
+    import torch
+
+    # On a small, shared CPU, torch's intra-op thread pool makes every op of
+    # these tiny models wait for busy cores (measured 35x slower per step
+    # with 2 threads under load); one thread is fastest here.
+    torch.set_num_threads(1)
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
