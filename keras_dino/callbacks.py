@@ -43,17 +43,22 @@ class TeacherMomentumSchedule(_ConfigurableCallback):
     Args:
         base: float, momentum at step 0 (paper: 0.996).
         final: float, the value the cosine tends to (paper: 1.0).
+        epochs: optional int, the length of the whole run when `fit` is
+            called for part of it (e.g. a job that stops early and resumes);
+            by default `fit`'s `epochs`.
     """
 
-    def __init__(self, base=0.996, final=1.0):
+    def __init__(self, base=0.996, final=1.0, epochs=None):
         super().__init__()
         self.base, self.final = float(base), float(final)
+        self.epochs = None if epochs is None else int(epochs)
 
     def get_config(self):
-        return {"base": self.base, "final": self.final}
+        return {"base": self.base, "final": self.final, "epochs": self.epochs}
 
     def on_train_begin(self, logs=None):
-        total = self.params["epochs"] * _steps_per_epoch(self)
+        epochs = self.epochs or self.params["epochs"]
+        total = epochs * _steps_per_epoch(self)
         self.model.teacher_momentum_base.assign(self.base)
         self.model.teacher_momentum_final.assign(self.final)
         self.model.teacher_momentum_steps.assign(total)
@@ -68,19 +73,25 @@ class TeacherTemperatureSchedule(_ConfigurableCallback):
         warmup_value: float, temperature of epoch 0 (paper: 0.04).
         warmup_epochs: int, epochs of linear warm-up (paper: 0; 30 is
             suggested when training is unstable).
+        epochs: optional int, the length of the whole run; by default
+            `fit`'s `epochs`.
     """
 
-    def __init__(self, value=0.04, warmup_value=0.04, warmup_epochs=0):
+    def __init__(
+        self, value=0.04, warmup_value=0.04, warmup_epochs=0, epochs=None
+    ):
         super().__init__()
         self.value = float(value)
         self.warmup_value = float(warmup_value)
         self.warmup_epochs = int(warmup_epochs)
+        self.epochs = None if epochs is None else int(epochs)
 
     def get_config(self):
         return {
             "value": self.value,
             "warmup_value": self.warmup_value,
             "warmup_epochs": self.warmup_epochs,
+            "epochs": self.epochs,
         }
 
     def temperature(self, epoch, epochs):
@@ -91,7 +102,7 @@ class TeacherTemperatureSchedule(_ConfigurableCallback):
         return float(schedule[min(epoch, epochs - 1)])
 
     def on_epoch_begin(self, epoch, logs=None):
-        value = self.temperature(epoch, self.params["epochs"])
+        value = self.temperature(epoch, self.epochs or self.params["epochs"])
         self.model.teacher_temperature.assign(value)
 
 

@@ -73,11 +73,14 @@ def build_optimizer(config, steps_per_epoch):
 def schedule_callbacks(config):
     """The DINO schedule callbacks of a configuration."""
     return [
-        dino_callbacks.TeacherMomentumSchedule(config["momentum_teacher"]),
+        dino_callbacks.TeacherMomentumSchedule(
+            config["momentum_teacher"], epochs=config["epochs"]
+        ),
         dino_callbacks.TeacherTemperatureSchedule(
             value=config["teacher_temp"],
             warmup_value=config["warmup_teacher_temp"],
             warmup_epochs=config["warmup_teacher_temp_epochs"],
+            epochs=config["epochs"],
         ),
         dino_callbacks.CenterMomentum(config["center_momentum"]),
         dino_callbacks.FreezeLastLayer(config["freeze_last_layer"]),
@@ -210,6 +213,7 @@ def pretrain(
     extra_callbacks=(),
     verbose="auto",
     strategy=None,
+    stop_after_epochs=None,
 ):
     """Trains DINO, checkpointing every epoch and resuming if possible.
 
@@ -229,6 +233,10 @@ def pretrain(
             (e.g. a `KNNMonitor`, which adds `knn_top1` to the logs).
         verbose: passed to `fit`.
         strategy: optional `tf.distribute.Strategy` to build the model in.
+        stop_after_epochs: optional int; stop once this many epochs of the
+            schedule are done (e.g. a job with a time limit), leaving a
+            checkpoint to resume from. The schedules still span
+            `config["epochs"]`.
 
     Returns:
         `(model, history)`.
@@ -250,13 +258,16 @@ def pretrain(
             model.teacher_backbone.save(
                 os.path.join(output_dir, "initial_backbone.keras")
             )
-    if initial_epoch >= config["epochs"]:
-        print(f"All {config['epochs']} epochs are done already.")
+    last_epoch = config["epochs"]
+    if stop_after_epochs:
+        last_epoch = min(last_epoch, int(stop_after_epochs))
+    if initial_epoch >= last_epoch:
+        print(f"{initial_epoch} of {config['epochs']} epochs are done.")
         history = None
     else:
         history = model.fit(
             dataset,
-            epochs=config["epochs"],
+            epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
             callbacks=schedule_callbacks(config)
@@ -266,9 +277,10 @@ def pretrain(
             verbose=verbose,
             shuffle=False,
         )
-    model.teacher_backbone.save(
-        os.path.join(output_dir, "teacher_backbone.keras")
-    )
+    if last_epoch == config["epochs"]:
+        model.teacher_backbone.save(
+            os.path.join(output_dir, "teacher_backbone.keras")
+        )
     return model, history
 
 

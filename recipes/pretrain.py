@@ -43,6 +43,11 @@ flags.DEFINE_integer("knn_images", 5000, "Images used by the k-NN curve.")
 flags.DEFINE_integer(
     "steps_per_epoch", None, "Iterations per epoch (default: images // batch)."
 )
+flags.DEFINE_integer(
+    "stop_after_epochs",
+    None,
+    "Stop after this many epochs of the schedule (resume later).",
+)
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line.")
 
 _OVERRIDES = {
@@ -133,6 +138,7 @@ def main(argv):
         extra_callbacks=extra,
         verbose=FLAGS.verbose,
         strategy=strategy,
+        stop_after_epochs=FLAGS.stop_after_epochs,
     )
     print(
         f"Teacher backbone: "

@@ -1,0 +1,66 @@
+"""keras_dino works on JAX and PyTorch where TensorFlow is not installed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Makes `import tensorflow` fail as on a machine without it.
+BLOCKER = """
+import sys
+
+# `import tensorflow` then raises ModuleNotFoundError and
+# `importlib.util.find_spec("tensorflow")` returns None, as when it is
+# not installed.
+for name in ("tensorflow", "tensorboard", "tensorflow_datasets"):
+    sys.modules[name] = None
+"""
+
+SCRIPT = """
+import sys
+import numpy as np
+import keras
+import keras_dino
+from keras_dino.models import DINO, ViTBackbone
+
+assert sys.modules.get("tensorflow") is None
+backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=16,
+                       num_layers=1, num_heads=2)
+model = DINO(backbone, out_dim=32, hidden_dim=16, bottleneck_dim=8)
+model.compile(optimizer=keras_dino.optimizers.dino_adamw(4, 2, 1))
+rng = np.random.default_rng(0)
+crops = tuple(rng.standard_normal((4, s, s, 3), dtype="float32")
+              for s in (16, 16, 8, 8))
+history = model.fit(list(crops), epochs=1, steps_per_epoch=1, verbose=0)
+assert np.isfinite(history.history["loss"][0])
+try:
+    import keras_dino.data  # noqa: F401
+except ImportError as e:
+    assert "tensorflow" in str(e)
+else:
+    raise AssertionError("keras_dino.data imported without TensorFlow")
+assert sys.modules.get("tensorflow") is None
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_import_and_train_without_tensorflow(backend, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path), str(REPO), env.get("PYTHONPATH", "")]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK")

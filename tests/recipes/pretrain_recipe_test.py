@@ -1,0 +1,148 @@
+"""Pretraining library and recipe: end to end, checkpoints and resume."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_dino import configs
+from keras_dino import pretraining
+from keras_dino.checkpointing import latest_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+TINY = {
+    "arch": "vit_tiny",
+    "depth": 1,
+    "patch_size": 8,
+    "out_dim": 32,
+    "head_hidden_dim": 16,
+    "head_bottleneck_dim": 8,
+    "batch_size": 8,
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "warmup_teacher_temp_epochs": 2,
+    "teacher_temp": 0.06,
+    "local_crops_number": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pretrain") / "tiny.npz"
+    with np.load(DATA_DIR / "cifar10_val.npz") as data:
+        np.savez(path, images=data["images"][:24], labels=data["labels"][:24])
+    return str(path)
+
+
+def _history(output_dir):
+    with open(os.path.join(output_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _run(config, npz, output_dir, stop_after=None):
+    augmentation = pretraining.multi_crop_augmentation(config)
+    dataset, num_images = pretraining.pretraining_dataset(
+        augmentation, config["batch_size"], npz_paths=npz, seed=0
+    )
+    steps = pretraining.steps_for(num_images, config["batch_size"])
+    return pretraining.pretrain(
+        config,
+        dataset,
+        steps,
+        str(output_dir),
+        verbose=0,
+        stop_after_epochs=stop_after,
+    )
+
+
+def test_resume_after_interruption_keeps_the_schedules(tiny_npz, tmp_path):
+    config = configs.get_config("cifar10_vit_tiny", **TINY)
+    _run(config, tiny_npz, tmp_path / "straight")
+    straight = _history(tmp_path / "straight")
+    assert len(straight) == 3
+
+    _, first = _run(config, tiny_npz, tmp_path / "resumed", stop_after=2)
+    assert len(first.history["loss"]) == 2
+    path, done = latest_checkpoint(tmp_path / "resumed" / "checkpoints")
+    assert done == 2 and path.endswith("checkpoint_0002.keras")
+    assert not (tmp_path / "resumed" / "teacher_backbone.keras").exists()
+    model, second = _run(config, tiny_npz, tmp_path / "resumed")
+    assert len(second.history["loss"]) == 1
+    resumed = _history(tmp_path / "resumed")
+    assert [row["epoch"] for row in resumed] == ["0", "1", "2"]
+    for key in (
+        "learning_rate",
+        "weight_decay",
+        "teacher_momentum",
+        "teacher_temperature",
+    ):
+        for a, b in zip(straight, resumed):
+            np.testing.assert_allclose(
+                float(a[key]), float(b[key]), rtol=1e-6, err_msg=key
+            )
+    # Epoch 3 resumes at iteration 2 * steps of the same optimizer.
+    assert int(model.optimizer.iterations) == 3 * 3
+    # The temperature warm-up (0.04 -> 0.06 over 2 epochs) crossed the
+    # interruption with the right values.
+    temps = [float(row["teacher_temperature"]) for row in resumed]
+    np.testing.assert_allclose(temps, [0.04, 0.06, 0.06], rtol=1e-6)
+    assert (tmp_path / "resumed" / "teacher_backbone.keras").exists()
+    assert (tmp_path / "resumed" / "initial_backbone.keras").exists()
+
+
+def test_checkpoints_are_complete_and_pruned(tiny_npz, tmp_path):
+    config = configs.get_config("cifar10_vit_tiny", **TINY)
+    _run(config, tiny_npz, tmp_path)
+    files = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert files == [
+        "checkpoint_0002.keras",
+        "checkpoint_0003.keras",
+        "latest.json",
+    ]
+
+
+def test_unknown_configuration_and_keys_are_clear_errors():
+    with pytest.raises(ValueError, match="Unknown configuration"):
+        configs.get_config("imagenet_vitz")
+    with pytest.raises(ValueError, match="Unknown configuration keys"):
+        configs.get_config("cifar10_vit_tiny", learning_rate=1.0)
+
+
+def test_pretrain_recipe_end_to_end(tiny_npz, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "recipes", "pretrain.py"),
+        "--config=cifar10_vit_tiny",
+        f"--npz={tiny_npz}",
+        f"--output_dir={out}",
+        "--epochs=2",
+        "--depth=1",
+        "--patch_size=8",
+        "--out_dim=32",
+        "--batch_size=8",
+        "--local_crops_number=2",
+        "--global_crops_scale=0.5,1.0",
+        "--verbose=0",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "global_crops_scale': (0.5, 1.0)" in proc.stdout
+    assert (out / "teacher_backbone.keras").exists()
+    assert len(_history(out)) == 2
+    # Run again: it finds the finished run and does not train further.
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stdout
+    assert "2 of 2 epochs are done" in proc.stdout
