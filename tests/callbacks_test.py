@@ -144,13 +144,6 @@ def test_get_config_rebuilds(callback):
     assert restored.get_config() == callback.get_config()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (callbacks.py): the callbacks are registered serialisable "
-    "and define get_config but no from_config, and keras.callbacks.Callback "
-    "has none, so deserialize_keras_object fails; add "
-    "`from_config = classmethod(lambda cls, config: cls(**config))`.",
-)
 @pytest.mark.parametrize("callback", CALLBACKS)
 def test_serialize_round_trip(callback):
     config = keras.saving.serialize_keras_object(callback)

@@ -131,12 +131,6 @@ def test_update_center_matches_numpy(tiny):
     np.testing.assert_allclose(tiny.np(got), expected, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    keras.backend.backend() == "torch",
-    strict=True,
-    reason="BUG: update_center mixes a numpy center with a torch tensor "
-    "(losses.py:90); convert `center` with ops.convert_to_tensor first.",
-)
 def test_update_center_accepts_numpy(tiny):
     center = _logits(1, 16, seed=11)
     teacher = _logits(8, 16, seed=12)

@@ -254,3 +254,26 @@ def test_config_round_trip():
     constant = DINOAdamW(learning_rate=0.1, weight_decay=0.3, frozen_steps=7)
     restored = DINOAdamW.from_config(constant.get_config())
     assert restored.get_config() == constant.get_config()
+
+
+def test_decay_mask_on_the_dino_model(tiny):
+    # As the reference's get_params_groups: biases and 1-D (LayerNorm)
+    # weights are not decayed; cls_token, pos_embed (3-D), kernels and the
+    # last layer's v are.
+    model = tiny.dino()
+    model.compile(optimizer=DINOAdamW())
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    mask = {
+        v.path: optimizer._decay_mask[optimizer._get_variable_index(v)]
+        for v in model.trainable_variables
+    }
+    for path, decayed in mask.items():
+        expected = not (path.endswith("bias") or path.endswith("beta"))
+        expected = expected and not path.endswith("gamma")
+        assert decayed == expected, path
+    assert mask["patch_embedding/cls_token"]
+    assert mask["patch_embedding/position_embedding"]
+    assert mask["student_head/last_layer_v"]
+    assert not mask["final_norm/gamma"]
+    assert "student_head/last_layer_g" not in mask  # fixed, not trained

@@ -70,13 +70,6 @@ def test_config_round_trip(tiny):
     assert layer.compute_output_shape((2, 5, 8)) == (2, 5, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (attention.py:56): MultiHeadSelfAttention.build does "
-    "`input_shape[:-1] + (...)`, which fails on the list shape of a "
-    "reloaded build_config; start build with "
-    "`input_shape = tuple(input_shape)`.",
-)
 def test_keras_saving(tiny, tmp_path):
     layer = MultiHeadSelfAttention(8, 2, name="attn")
     x = _inputs()

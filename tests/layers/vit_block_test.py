@@ -1,7 +1,6 @@
 """ViTBlock against a numpy pre-norm transformer block."""
 
 import numpy as np
-import pytest
 from scipy.special import erf
 
 from keras_dino.layers import ViTBlock
@@ -80,13 +79,6 @@ def test_config_round_trip(tiny):
     assert layer.compute_output_shape((2, 5, 8)) == (2, 5, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (vit_block.py:76): ViTBlock.build does "
-    "`input_shape[:-1] + (...)`, which fails on the list shape of a "
-    "reloaded build_config; start build with "
-    "`input_shape = tuple(input_shape)`.",
-)
 def test_keras_saving(tiny, tmp_path):
     layer = ViTBlock(8, 2, 16, drop_path_rate=0.1, seed=4, name="blk")
     x = np.random.default_rng(5).normal(size=(2, 5, 8)).astype("float32")

@@ -341,16 +341,6 @@ def test_keras_saving_uncompiled(tiny, tmp_path):
 # --- the teacher backbone on its own ------------------------------------------
 
 
-@pytest.mark.xfail(
-    keras.backend.backend() == "tensorflow",
-    strict=True,
-    reason="BUG (vit_backbone.py, ViTBackbone.__init__): a backbone saved "
-    "with trainable=False (the teacher) is rebuilt with "
-    "Functional.__init__(trainable=False), which sets the flag before the "
-    "layers are tracked; its variables stay trainable and, on TensorFlow, "
-    "`backbone.trainable = False` is then a no-op, so it cannot be frozen. "
-    "Pop `trainable` from kwargs and set it after super().__init__.",
-)
 def test_teacher_backbone_fine_tunes_in_other_models(run, tiny, tmp_path):
     model, _, _, _, crops = run
     path = str(tmp_path / "teacher.keras")
