@@ -18,109 +18,52 @@ python recipes/eval_linear.py --fast --backbone=backbone.keras \
 ```
 """
 
-import hashlib
 import json
 import os
+import sys
 
-from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
+
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "backbone", None, "Backbone (or DINO model) .keras file.", flag_values=FLAGS
+recipe_flags.define_backbone_flags(
+    FLAGS, seed_help="Seed of the initialisation / augmentation."
 )
-flags.DEFINE_string(
-    "preset", None, "Preset / checkpoint for from_preset.", flag_values=FLAGS
+recipe_flags.define_data_flags(
+    FLAGS,
+    batch_size=128,
+    batch_size_help="Batch size (scales the lr).",
+    crop_fraction_help="Validation centre crop.",
+    stream_help="With --fast: stream image folders / TFDS with keras_dino.data "
+    "(needs TensorFlow) instead of loading them into memory.",
+    cache_dir_help="Folder for cached features (--fast).",
 )
-flags.DEFINE_string(
-    "arch", "ViT-S/16", "Variant used with --random_init.", flag_values=FLAGS
+recipe_flags.define_flags(
+    FLAGS,
+    (
+        flags.DEFINE_integer,
+        "n_last_blocks",
+        4,
+        "CLS tokens of the last n blocks.",
+    ),
+    (flags.DEFINE_bool, "avgpool_patchtokens", False, "Add mean patch token."),
+    (flags.DEFINE_integer, "epochs", 100, "Training epochs."),
+    (
+        flags.DEFINE_float,
+        "lr",
+        0.001,
+        "Base learning rate, for batch size 256.",
+    ),
+    (flags.DEFINE_bool, "fast", False, "Train the Dense on cached features."),
+    (
+        flags.DEFINE_string,
+        "save_probe",
+        None,
+        "Save the trained probe (.keras).",
+    ),
 )
-flags.DEFINE_bool(
-    "random_init", False, "Randomly initialised --arch.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "train_data",
-    None,
-    "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "val_data", None, "Same formats as --train_data.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "max_train", 0, "Use at most this many (0: all).", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "max_val", 0, "Use at most this many (0: all).", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "image_size", 0, "Input size (0: backbone's).", flag_values=FLAGS
-)
-flags.DEFINE_float(
-    "crop_fraction", 0.875, "Validation centre crop.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "n_last_blocks", 4, "CLS tokens of the last n blocks.", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "avgpool_patchtokens", False, "Add mean patch token.", flag_values=FLAGS
-)
-flags.DEFINE_integer("epochs", 100, "Training epochs.", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "batch_size", 128, "Batch size (scales the lr).", flag_values=FLAGS
-)
-flags.DEFINE_float(
-    "lr", 0.001, "Base learning rate, for batch size 256.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "num_classes", 0, "Number of classes (0: infer).", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "fast", False, "Train the Dense on cached features.", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "stream",
-    False,
-    "With --fast: stream image folders / TFDS with keras_dino.data (needs "
-    "TensorFlow) instead of loading them into memory.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "cache_dir", None, "Folder for cached features (--fast).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "save_probe", None, "Save the trained probe (.keras).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "results_json", None, "Also write the results here.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "seed", 0, "Seed of the initialisation / augmentation.", flag_values=FLAGS
-)
-flags.mark_flags_as_required(["train_data", "val_data"], flag_values=FLAGS)
-
-
-def _cache_path(split, source, image_size):
-    if not FLAGS.cache_dir:
-        return None
-    key = "|".join(
-        str(v)
-        for v in (
-            FLAGS.backbone,
-            FLAGS.preset,
-            FLAGS.arch,
-            FLAGS.random_init,
-            FLAGS.seed,
-            source,
-            image_size,
-            FLAGS.crop_fraction,
-            FLAGS.n_last_blocks,
-            FLAGS.avgpool_patchtokens,
-            FLAGS.max_train if split == "train" else FLAGS.max_val,
-        )
-    )
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return os.path.join(FLAGS.cache_dir, f"linear_{split}_{digest}.npz")
 
 
 def main(argv):
@@ -129,9 +72,7 @@ def main(argv):
     The flags live in this module's own `FlagValues`, so several recipes
     can be imported and run in one process (e.g. from tests).
     """
-    FLAGS.unparse_flags()
-    FLAGS(argv)
-    return _run()
+    return recipe_flags.parse_and_run(FLAGS, argv, _run)
 
 
 def _fast_features(backbone, image_size):
@@ -143,43 +84,14 @@ def _fast_features(backbone, image_size):
         n_last_blocks=FLAGS.n_last_blocks,
         avgpool_patchtokens=FLAGS.avgpool_patchtokens,
     )
-    preprocessing = evaluation.imagenet_preprocessing(
-        image_size, crop_fraction=FLAGS.crop_fraction
+    return recipe_flags.split_features(
+        FLAGS,
+        extractor,
+        image_size,
+        normalize=False,
+        cache_prefix="linear",
+        cache_key=(FLAGS.n_last_blocks, FLAGS.avgpool_patchtokens),
     )
-    features = {}
-    for split, source, limit in (
-        ("train", FLAGS.train_data, FLAGS.max_train),
-        ("val", FLAGS.val_data, FLAGS.max_val),
-    ):
-        options = {
-            "normalize": False,
-            "cache_path": _cache_path(split, source, image_size),
-        }
-        if FLAGS.stream:
-            dataset = evaluation.labeled_dataset(
-                source,
-                image_size,
-                batch_size=FLAGS.batch_size,
-                crop_fraction=FLAGS.crop_fraction,
-                max_examples=limit or None,
-            )
-            features[split] = evaluation.extract_features(
-                extractor, dataset, **options
-            )
-        else:
-            images, labels = evaluation.load_labeled_images(
-                source, image_size=image_size, max_examples=limit or None
-            )
-            print(f"{split}: {len(images)} images from {source}")
-            feats = evaluation.extract_features(
-                extractor,
-                images,
-                batch_size=FLAGS.batch_size,
-                preprocessing=preprocessing,
-                **options,
-            )
-            features[split] = (feats, labels)
-    return features
 
 
 def _run():
@@ -190,27 +102,15 @@ def _run():
     if FLAGS.stream and not FLAGS.fast:
         raise ValueError("--stream works with --fast only.")
     keras.utils.set_random_seed(FLAGS.seed)
-    kwargs = {"image_size": FLAGS.image_size} if FLAGS.image_size else {}
-    backbone = evaluation.load_backbone(
-        path=FLAGS.backbone,
-        preset=FLAGS.preset,
-        arch=FLAGS.arch,
-        random_init=FLAGS.random_init,
-        **kwargs,
-    )
+    backbone = recipe_flags.load_backbone(FLAGS, image_size=FLAGS.image_size)
     image_size = FLAGS.image_size or backbone.image_size
     if FLAGS.fast:
         data = _fast_features(backbone, image_size)
     else:
-        data = {}
-        for split, source, limit in (
-            ("train", FLAGS.train_data, FLAGS.max_train),
-            ("val", FLAGS.val_data, FLAGS.max_val),
-        ):
-            data[split] = evaluation.load_labeled_images(
-                source, image_size=image_size, max_examples=limit or None
-            )
-            print(f"{split}: {len(data[split][0])} images from {source}")
+        data = {
+            split: recipe_flags.load_split(split, source, limit, image_size)
+            for split, source, limit in recipe_flags.data_splits(FLAGS)
+        }
     num_classes = FLAGS.num_classes or 1 + int(
         max(data["train"][1].max(), data["val"][1].max())
     )
@@ -220,27 +120,28 @@ def _run():
         n_last_blocks=FLAGS.n_last_blocks,
         avgpool_patchtokens=FLAGS.avgpool_patchtokens,
     )
+    training = {
+        "epochs": FLAGS.epochs,
+        "batch_size": FLAGS.batch_size,
+        "base_learning_rate": FLAGS.lr,
+    }
     if FLAGS.fast:
         _, results = evaluation.fit_linear_classifier(
             *data["train"],
             *data["val"],
             num_classes=num_classes,
-            epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size,
-            base_learning_rate=FLAGS.lr,
             classifier=probe.classifier,
+            **training,
         )
     else:
         results = evaluation.fit_linear_probe(
             probe,
             *data["train"],
             *data["val"],
-            epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size,
-            base_learning_rate=FLAGS.lr,
             image_size=image_size,
             crop_fraction=FLAGS.crop_fraction,
             seed=FLAGS.seed,
+            **training,
         )
     print(
         f"Max accuracy so far: {results['best_top1']:.2f}% "
@@ -259,17 +160,5 @@ def _run():
     return results
 
 
-def _main_with_absl(argv):
-    del argv
-    FLAGS.mark_as_parsed()
-    _run()
-
-
 if __name__ == "__main__":
-    # Share the flags with absl's global FLAGS so --help, --flagfile and
-    # the logging flags work as usual.
-    flags.FLAGS.append_flag_values(FLAGS)
-    for module, module_flags in FLAGS.flags_by_module_dict().items():
-        for flag in module_flags:
-            flags.FLAGS.register_flag_by_module(module, flag)
-    app.run(_main_with_absl)
+    recipe_flags.run(_run, FLAGS)

@@ -14,23 +14,15 @@ python recipes/visualize_attention.py --backbone=backbone.keras \
 """
 
 import os
+import sys
 
-from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
+
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "backbone", None, "Backbone (or DINO model) .keras file.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "preset", None, "Preset / checkpoint for from_preset.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "arch", "ViT-S/8", "Variant used with --random_init.", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "random_init", False, "Randomly initialised --arch.", flag_values=FLAGS
-)
+recipe_flags.define_backbone_flags(FLAGS, arch="ViT-S/8")
 flags.DEFINE_list("image_path", None, "Image file(s).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "image_size", 480, "Resize images to this size.", flag_values=FLAGS
@@ -44,7 +36,6 @@ flags.DEFINE_float(
 flags.DEFINE_string(
     "output_dir", ".", "Where the PNG files go.", flag_values=FLAGS
 )
-flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
 flags.mark_flags_as_required(["image_path"], flag_values=FLAGS)
 
 
@@ -54,21 +45,13 @@ def main(argv):
     The flags live in this module's own `FlagValues`, so several recipes
     can be imported and run in one process (e.g. from tests).
     """
-    FLAGS.unparse_flags()
-    FLAGS(argv)
-    return _run()
+    return recipe_flags.parse_and_run(FLAGS, argv, _run)
 
 
 def _run():
     from keras_dino import evaluation
 
-    backbone = evaluation.load_backbone(
-        path=FLAGS.backbone,
-        preset=FLAGS.preset,
-        arch=FLAGS.arch,
-        random_init=FLAGS.random_init,
-        seed=FLAGS.seed,
-    )
+    backbone = recipe_flags.load_backbone(FLAGS)
     preprocessing = evaluation.imagenet_preprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
     written = []
@@ -86,17 +69,5 @@ def _run():
     return written
 
 
-def _main_with_absl(argv):
-    del argv
-    FLAGS.mark_as_parsed()
-    _run()
-
-
 if __name__ == "__main__":
-    # Share the flags with absl's global FLAGS so --help, --flagfile and
-    # the logging flags work as usual.
-    flags.FLAGS.append_flag_values(FLAGS)
-    for module, module_flags in FLAGS.flags_by_module_dict().items():
-        for flag in module_flags:
-            flags.FLAGS.register_flag_by_module(module, flag)
-    app.run(_main_with_absl)
+    recipe_flags.run(_run, FLAGS)

@@ -20,18 +20,29 @@ DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
 CIFAR_VAL = os.path.join(DATA, "cifar10_val.npz")
 IMAGENETTE = os.path.join(DATA, "imagenette224")
 
-needs_data = pytest.mark.skipif(
-    not os.path.exists(CIFAR_VAL) or not os.path.isdir(IMAGENETTE),
-    reason="project data folder not available",
-)
 
-
-def _recipe(name):
-    path = os.path.join(ROOT, "recipes", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+def _load(module_name, *path):
+    """Imports the module at `ROOT/path...` (a folder outside the package)."""
+    spec = importlib.util.spec_from_file_location(
+        module_name, os.path.join(ROOT, *path)
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _recipe(name):
+    return _load(f"recipe_{name}", "recipes", f"{name}.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_files():
+    """The shared data these tests read; missing data fails them."""
+    if not os.path.isfile(CIFAR_VAL) or not os.path.isdir(IMAGENETTE):
+        pytest.fail(
+            f"The shared data folder {DATA} lacks cifar10_val.npz or "
+            "imagenette224/."
+        )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +62,6 @@ def files(tmp_path_factory):
     return {"root": root, "backbone": backbone_path, "train": train, "val": val}
 
 
-@needs_data
 def test_eval_knn(files, capsys):
     root = files["root"]
     argv = [
@@ -74,7 +84,6 @@ def test_eval_knn(files, capsys):
     assert len(os.listdir(root / "knn_cache")) == 2
 
 
-@needs_data
 def test_eval_knn_random_init_on_image_folder(files):
     argv = [
         "eval_knn",
@@ -100,7 +109,6 @@ def test_eval_knn_random_init_on_image_folder(files):
     assert list(streamed) == [3]
 
 
-@needs_data
 def test_eval_linear_fast_and_full(files, capsys):
     root = files["root"]
     recipe = _recipe("eval_linear")
@@ -141,7 +149,6 @@ def test_eval_linear_fast_and_full(files, capsys):
         recipe.main(common + ["--stream"])
 
 
-@needs_data
 def test_visualize_attention(files, tmp_path):
     folder = os.path.join(
         IMAGENETTE,
@@ -179,43 +186,15 @@ def test_recipes_reject_bad_flags(files):
         )
 
 
-def _write_reference_checkpoint(path, dim=192, depth=1, patch=16, grid=2):
-    """A tiny checkpoint with the official DINO tensor names (ViT-T width)."""
-    torch = pytest.importorskip("torch")
-    g = torch.Generator().manual_seed(0)
-    shapes = {
-        "cls_token": (1, 1, dim),
-        "pos_embed": (1, grid * grid + 1, dim),
-        "patch_embed.proj.weight": (dim, 3, patch, patch),
-        "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-    }
-    block = {
-        "norm1.weight": (dim,),
-        "norm1.bias": (dim,),
-        "attn.qkv.weight": (3 * dim, dim),
-        "attn.qkv.bias": (3 * dim,),
-        "attn.proj.weight": (dim, dim),
-        "attn.proj.bias": (dim,),
-        "norm2.weight": (dim,),
-        "norm2.bias": (dim,),
-        "mlp.fc1.weight": (4 * dim, dim),
-        "mlp.fc1.bias": (4 * dim,),
-        "mlp.fc2.weight": (dim, 4 * dim),
-        "mlp.fc2.bias": (dim,),
-    }
-    for i in range(depth):
-        for name, shape in block.items():
-            shapes[f"blocks.{i}.{name}"] = shape
-    state = {k: 0.1 * torch.randn(*s, generator=g) for k, s in shapes.items()}
-    torch.save(state, path)
-
-
-@needs_data
 def test_visualize_attention_with_imported_weights(tmp_path):
     checkpoint = str(tmp_path / "tiny_dino.pth")
-    _write_reference_checkpoint(checkpoint)
+    # A tiny checkpoint with the official DINO tensor names (ViT-T width).
+    checkpoint_factory = _load(
+        "checkpoint_factory", "tests", "weights", "checkpoint_factory.py"
+    )
+    checkpoint_factory.write_checkpoint(
+        checkpoint, dim=192, depth=1, patch=16, scale=0.1
+    )
     folder = os.path.join(IMAGENETTE, "train", "n03028079")
     image = os.path.join(folder, sorted(os.listdir(folder))[0])
     out = tmp_path / "attention"

@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import torch
+from checkpoint_factory import tiny_state_dict
 
 from keras_dino.models.vit_backbone import ViTBackbone
 
@@ -15,32 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "convert_checkpoint.py")
 
 
-def _backbone_tensors(prefix="", dim=16, patch=8, grid=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shapes = {
-        "cls_token": (1, 1, dim),
-        "pos_embed": (1, grid * grid + 1, dim),
-        "patch_embed.proj.weight": (dim, 3, patch, patch),
-        "patch_embed.proj.bias": (dim,),
-        "blocks.0.norm1.weight": (dim,),
-        "blocks.0.norm1.bias": (dim,),
-        "blocks.0.attn.qkv.weight": (3 * dim, dim),
-        "blocks.0.attn.qkv.bias": (3 * dim,),
-        "blocks.0.attn.proj.weight": (dim, dim),
-        "blocks.0.attn.proj.bias": (dim,),
-        "blocks.0.norm2.weight": (dim,),
-        "blocks.0.norm2.bias": (dim,),
-        "blocks.0.mlp.fc1.weight": (4 * dim, dim),
-        "blocks.0.mlp.fc1.bias": (4 * dim,),
-        "blocks.0.mlp.fc2.weight": (dim, 4 * dim),
-        "blocks.0.mlp.fc2.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-    }
-    return {
-        prefix + k: torch.randn(*s, generator=g) * 0.2
-        for k, s in shapes.items()
-    }
+def _backbone_tensors(seed=0):
+    return tiny_state_dict(depth=1, seed=seed, scale=0.2, prefix="backbone.")
 
 
 def _run(*flags):
@@ -67,8 +44,8 @@ def test_full_checkpoint_to_keras_backbone(tmp_path):
         "head.last_layer.weight_g": torch.ones(32, 1),
         "head.last_layer.weight_v": torch.randn(32, 4, generator=g),
     }
-    teacher = {**_backbone_tensors("backbone."), **head}
-    student = {**_backbone_tensors("backbone.", seed=5), **head}
+    teacher = {**_backbone_tensors(), **head}
+    student = {**_backbone_tensors(seed=5), **head}
     checkpoint = {
         "student": {f"module.{k}": v for k, v in student.items()},
         "teacher": teacher,

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-import torch
+from checkpoint_factory import write_checkpoint
 
 from keras_dino.layers.preprocessing import IMAGENET_MEAN
 from keras_dino.layers.preprocessing import IMAGENET_STD
@@ -36,36 +36,9 @@ def test_preprocessing_resizes_and_round_trips():
         ImagePreprocessing(image_size=(1, 2, 3))
 
 
-def _tiny_checkpoint(path):
-    g = torch.Generator().manual_seed(0)
-    dim, patch, grid = 16, 8, 2
-    shapes = {
-        "cls_token": (1, 1, dim),
-        "pos_embed": (1, grid * grid + 1, dim),
-        "patch_embed.proj.weight": (dim, 3, patch, patch),
-        "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-        "blocks.0.norm1.weight": (dim,),
-        "blocks.0.norm1.bias": (dim,),
-        "blocks.0.attn.qkv.weight": (3 * dim, dim),
-        "blocks.0.attn.qkv.bias": (3 * dim,),
-        "blocks.0.attn.proj.weight": (dim, dim),
-        "blocks.0.attn.proj.bias": (dim,),
-        "blocks.0.norm2.weight": (dim,),
-        "blocks.0.norm2.bias": (dim,),
-        "blocks.0.mlp.fc1.weight": (4 * dim, dim),
-        "blocks.0.mlp.fc1.bias": (4 * dim,),
-        "blocks.0.mlp.fc2.weight": (dim, 4 * dim),
-        "blocks.0.mlp.fc2.bias": (dim,),
-    }
-    sd = {k: torch.randn(*s, generator=g) * 0.2 for k, s in shapes.items()}
-    torch.save(sd, path)
-
-
 def test_imported_backbone_in_a_classifier(tmp_path):
     path = tmp_path / "tiny.pth"
-    _tiny_checkpoint(path)
+    write_checkpoint(path, depth=1, scale=0.2)
     backbone = ViTBackbone.from_preset(str(path), num_heads=2)
 
     inputs = keras.Input((20, 28, 3), dtype="uint8")
@@ -116,7 +89,7 @@ def test_imported_backbone_in_a_classifier(tmp_path):
 
 def test_sequential_with_imported_backbone(tmp_path):
     path = tmp_path / "tiny.pth"
-    _tiny_checkpoint(path)
+    write_checkpoint(path, depth=1, scale=0.2)
     model = keras.Sequential(
         [
             keras.Input((16, 16, 3)),

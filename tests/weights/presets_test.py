@@ -5,7 +5,8 @@ import hashlib
 import keras
 import numpy as np
 import pytest
-import torch
+from checkpoint_factory import tiny_state_dict
+from checkpoint_factory import write_checkpoint
 
 from keras_dino.models.vit_backbone import ViTBackbone
 from keras_dino.weights import PRESETS
@@ -16,47 +17,15 @@ from keras_dino.weights import split_checkpoint
 from keras_dino.weights import to_reference_names
 
 
-def tiny_state_dict(dim=16, depth=2, patch=8, grid=2, seed=0):
-    """Random tensors with the official DINO names (tiny shapes)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {
-        "cls_token": (1, 1, dim),
-        "pos_embed": (1, grid * grid + 1, dim),
-        "patch_embed.proj.weight": (dim, 3, patch, patch),
-        "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-    }
-    for i in range(depth):
-        for name, shape in {
-            "norm1.weight": (dim,),
-            "norm1.bias": (dim,),
-            "attn.qkv.weight": (3 * dim, dim),
-            "attn.qkv.bias": (3 * dim,),
-            "attn.proj.weight": (dim, dim),
-            "attn.proj.bias": (dim,),
-            "norm2.weight": (dim,),
-            "norm2.bias": (dim,),
-            "mlp.fc1.weight": (4 * dim, dim),
-            "mlp.fc1.bias": (4 * dim,),
-            "mlp.fc2.weight": (dim, 4 * dim),
-            "mlp.fc2.bias": (dim,),
-        }.items():
-            shapes[f"blocks.{i}.{name}"] = shape
-    return {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
-
-
 def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    sd = tiny_state_dict()
     path = tmp_path / "src" / "tiny_dino.pth"
     path.parent.mkdir()
-    torch.save(sd, path)
-    return path, sd
+    return path, write_checkpoint(path)
 
 
 def _check_weights(backbone, sd):
