@@ -220,3 +220,32 @@ def test_from_tfds_offline_with_mock_data():
         crops, labels = next(iter(ds))
     check_crops(crops, 4)
     assert labels.shape == (4,)
+
+
+def test_dino_fit_on_a_folder_with_bad_files(folder, capsys):
+    from keras_dino.models import DINO
+    from keras_dino.models import ViTBackbone
+    from keras_dino.optimizers import dino_adamw
+
+    report = BadFileReport()
+    dataset = from_image_folder(
+        folder,
+        small_augmentation(),
+        batch_size=4,
+        seed=0,
+        bad_file_report=report,
+    ).repeat()  # a folder with bad files has no known length
+    backbone = ViTBackbone(
+        image_size=16, patch_size=8, hidden_dim=16, num_layers=1, num_heads=2
+    )
+    model = DINO(backbone, out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    model.compile(optimizer=dino_adamw(4, steps_per_epoch=3, epochs=2))
+    history = model.fit(
+        dataset, epochs=2, steps_per_epoch=3, callbacks=[report], verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert report.num_bad_files == 3
+    out = capsys.readouterr().out
+    for name in ("corrupt.jpg", "empty.jpg", "notes.jpg"):
+        assert name in out
