@@ -98,6 +98,8 @@ def multi_crop_augmentation(config):
         global_crops_scale=tuple(config["global_crops_scale"]),
         local_crops_scale=tuple(config["local_crops_scale"]),
         blur_sigma=tuple(config["blur_sigma"]),
+        color_jitter_prob=config.get("color_jitter_prob", 0.8),
+        grayscale_prob=config.get("grayscale_prob", 0.2),
         seed=config["seed"],
     )
 
