@@ -24,6 +24,7 @@ from keras import ops
 from keras_dino.evaluation.features import IMAGENET_MEAN
 from keras_dino.evaluation.features import IMAGENET_STD
 from keras_dino.evaluation.features import preprocess_images
+from keras_dino.utils.serialization import with_deserialized_backbone
 
 
 def build_linear_classifier(num_classes, name="linear"):
@@ -140,11 +141,7 @@ class ProbeFeatureExtractor(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"]
-        )
-        return cls(**config)
+        return cls(**with_deserialized_backbone(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -225,11 +222,7 @@ class LinearProbe(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"]
-        )
-        return cls(**config)
+        return cls(**with_deserialized_backbone(config))
 
 
 def build_linear_probe(

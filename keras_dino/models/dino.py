@@ -8,6 +8,7 @@ from keras import ops
 from keras_dino import losses
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.utils.distribution import scale_loss_for_replicas
+from keras_dino.utils.serialization import with_deserialized_backbone
 
 _BN_STATISTICS = ("moving_mean", "moving_variance")
 
@@ -411,8 +412,4 @@ class DINO(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"]
-        )
-        return cls(**config)
+        return cls(**with_deserialized_backbone(config))
