@@ -30,7 +30,7 @@ flags.DEFINE_string(
     os.path.join(_HERE, "data", "cifar10_demo_val.npz"),
     "Held-out images for k-NN.",
 )
-flags.DEFINE_integer("epochs", 8, "Pretraining epochs.")
+flags.DEFINE_integer("epochs", 6, "Pretraining epochs.")
 flags.DEFINE_integer("max_images", 0, "Use at most this many (0: all).")
 
 
