@@ -36,6 +36,12 @@ flags.DEFINE_float(
 flags.DEFINE_string(
     "output_dir", ".", "Where the PNG files go.", flag_values=FLAGS
 )
+flags.DEFINE_string(
+    "figure",
+    None,
+    "Also write one PNG grid of all images and heads to this file.",
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["image_path"], flag_values=FLAGS)
 
 
@@ -54,18 +60,22 @@ def _run():
     backbone = recipe_flags.load_backbone(FLAGS)
     preprocessing = evaluation.imagenet_preprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
-    written = []
+    written, rows = [], []
     for path in FLAGS.image_path:
         image = evaluation.load_image(path, FLAGS.image_size)
         output_dir = FLAGS.output_dir
         if len(FLAGS.image_path) > 1:
             stem = os.path.splitext(os.path.basename(path))[0]
             output_dir = os.path.join(output_dir, stem)
-        _, _, paths = evaluation.visualize_attention(
+        maps, masks, paths = evaluation.visualize_attention(
             backbone, image, output_dir, preprocessing=preprocessing, keep=keep
         )
+        rows.append((image, maps) if masks is None else (image, maps, masks))
         print(f"{path}: {len(paths)} files written to {output_dir}")
         written.extend(paths)
+    if FLAGS.figure:
+        written.append(evaluation.save_attention_figure(rows, FLAGS.figure))
+        print(f"Figure written to {FLAGS.figure}")
     return written
 
 

@@ -5,6 +5,7 @@ Imports neither TensorFlow nor Pillow/matplotlib at import time.
 
 from keras_dino.evaluation.attention_maps import attention_maps
 from keras_dino.evaluation.attention_maps import crop_to_patch_multiple
+from keras_dino.evaluation.attention_maps import save_attention_figure
 from keras_dino.evaluation.attention_maps import save_attention_maps
 from keras_dino.evaluation.attention_maps import threshold_masks
 from keras_dino.evaluation.attention_maps import upsample_nearest
@@ -63,6 +64,7 @@ __all__ = [
     "load_reference_linear_weights",
     "preprocess_images",
     "random_resized_crop_box",
+    "save_attention_figure",
     "save_attention_maps",
     "threshold_masks",
     "upsample_nearest",

@@ -282,3 +282,81 @@ def visualize_attention(
         image, maps, output_dir, masks=masks, keep=keep, **kwargs
     )
     return maps, masks, paths
+
+
+def save_attention_figure(rows, path, titles=None, cmap="inferno", alpha=0.5):
+    """Writes one PNG grid: per image, the image, then each head's overlay.
+
+    This is the paper's figure layout: one row per image, the image in the
+    first column, and each head's CLS attention blended over it, with the
+    head's thresholded mask outlined where masks are given.
+
+    Args:
+        rows: list of `(image, maps)` or `(image, maps, masks)` tuples, with
+            `maps` and `masks` as returned by `visualize_attention` (all
+            rows with the same number of heads).
+        path: output PNG file.
+        titles: optional list of row labels (e.g. class names).
+        cmap: matplotlib colormap of the heat maps.
+        alpha: heat-map opacity.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> maps, masks, _ = visualize_attention(backbone, image, "out")
+    >>> save_attention_figure([(image, maps, masks)], "figure.png")
+    """
+    _matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("rows is empty: pass at least one (image, maps).")
+    heads = {np.asarray(row[1]).shape[0] for row in rows}
+    if len(heads) != 1:
+        raise ValueError(f"All rows need the same number of heads: {heads}.")
+    num_heads = heads.pop()
+    if titles is not None and len(titles) != len(rows):
+        raise ValueError(
+            f"{len(titles)} titles for {len(rows)} rows; pass one per row."
+        )
+    colormap = matplotlib.colormaps[cmap]
+    fig, axes = plt.subplots(
+        len(rows),
+        num_heads + 1,
+        figsize=(1.6 * (num_heads + 1), 1.6 * len(rows)),
+        squeeze=False,
+    )
+    for r, row in enumerate(rows):
+        image, maps = row[0], np.asarray(row[1])
+        masks = row[2] if len(row) > 2 else None
+        height, width = maps.shape[1:]
+        image = _as_rgb_float(image)[:height, :width, :3]
+        axes[r, 0].imshow(image)
+        if titles is not None:
+            axes[r, 0].set_ylabel(titles[r], fontsize=7)
+        for h in range(num_heads):
+            heat = colormap(_normalise(maps[h]))[..., :3]
+            axes[r, h + 1].imshow((1 - alpha) * image + alpha * heat)
+            if masks is not None:
+                axes[r, h + 1].contour(
+                    np.asarray(masks[h], dtype=float),
+                    levels=[0.5],
+                    colors="cyan",
+                    linewidths=0.6,
+                )
+            if r == 0:
+                axes[r, h + 1].set_title(f"head {h}", fontsize=7)
+        if r == 0:
+            axes[r, 0].set_title("image", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.2)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -11,6 +11,7 @@ from keras_dino.evaluation import imagenet_preprocessing
 from keras_dino.evaluation import save_attention_maps
 from keras_dino.evaluation import threshold_masks
 from keras_dino.evaluation import upsample_nearest
+from keras_dino.evaluation import save_attention_figure
 from keras_dino.evaluation import visualize_attention
 from keras_dino.models import ViTBackbone
 
@@ -108,3 +109,26 @@ def test_visualize_attention_writes_pngs(backbone, tmp_path):
     assert picture.shape[:2] == (32, 32)
     with pytest.raises(ValueError, match="differ in shape"):
         save_attention_maps(image, maps, str(tmp_path), masks=masks[:1])
+
+
+def test_save_attention_figure_grid(backbone, tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(2)
+    rows = []
+    for _ in range(3):
+        image = rng.integers(0, 256, (32, 32, 3), "uint8")
+        maps, masks, _ = visualize_attention(
+            backbone, image, str(tmp_path / "x"), keep=0.6
+        )
+        rows.append((image, maps, masks))
+    path = save_attention_figure(rows, str(tmp_path / "fig.png"))
+    picture = matplotlib.image.imread(path)
+    # 3 rows x (1 image + 2 heads) panels of 1.6 in at 110 dpi.
+    assert picture.shape[:2] == (round(3 * 1.6 * 110), round(3 * 1.6 * 110))
+    assert picture[..., :3].std() > 0.05  # not a blank canvas
+    with pytest.raises(ValueError, match="same number of heads"):
+        save_attention_figure(
+            [rows[0], (rows[1][0], rows[1][1][:1])], str(tmp_path / "b.png")
+        )
+    with pytest.raises(ValueError, match="one per row"):
+        save_attention_figure(rows, str(tmp_path / "c.png"), titles=["a"])

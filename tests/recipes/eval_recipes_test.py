@@ -163,10 +163,12 @@ def test_visualize_attention(files, tmp_path):
             f"--image_path={image}",
             "--image_size=60",
             f"--output_dir={tmp_path}",
+            f"--figure={tmp_path / 'grid.png'}",
         ]
     )
     names = sorted(os.listdir(tmp_path))
-    assert len(written) == 7 and "mask_th0.6_head1.png" in names
+    assert len(written) == 8 and "mask_th0.6_head1.png" in names
+    assert written[-1] == str(tmp_path / "grid.png") and "grid.png" in names
     picture = keras.utils.load_img(os.path.join(tmp_path, "attn-head0.png"))
     assert picture.size == (56, 56)  # 60 px cropped to 7 patches of 8
 
