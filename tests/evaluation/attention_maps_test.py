@@ -8,10 +8,10 @@ from keras import ops
 from keras_dino.evaluation import attention_maps
 from keras_dino.evaluation import crop_to_patch_multiple
 from keras_dino.evaluation import imagenet_preprocessing
+from keras_dino.evaluation import save_attention_figure
 from keras_dino.evaluation import save_attention_maps
 from keras_dino.evaluation import threshold_masks
 from keras_dino.evaluation import upsample_nearest
-from keras_dino.evaluation import save_attention_figure
 from keras_dino.evaluation import visualize_attention
 from keras_dino.models import ViTBackbone
 
