@@ -11,6 +11,9 @@ IMAGENET_VITS16 = {
     "arch": "vit_small",
     "patch_size": 16,
     "depth": None,
+    "embed_dim": None,
+    "num_heads": None,
+    "mlp_ratio": None,
     "image_size": 224,
     "local_crop_size": 96,
     "out_dim": 65536,
@@ -48,40 +51,51 @@ CIFAR10_VIT_TINY = dict(
     IMAGENET_VITS16,
     arch="vit_tiny",
     patch_size=4,
-    depth=4,
+    depth=3,
+    embed_dim=128,
+    num_heads=4,
+    mlp_ratio=2.0,
     image_size=32,
     local_crop_size=16,
-    out_dim=2048,
-    head_hidden_dim=1024,
+    out_dim=1024,
+    head_hidden_dim=512,
+    head_bottleneck_dim=128,
     momentum_teacher=0.99,
     batch_size=64,
-    epochs=10,
+    epochs=20,
     lr=0.004,
     warmup_epochs=1,
     min_lr=1e-5,
     drop_path_rate=0.0,
-    global_crops_scale=(0.3, 1.0),
+    global_crops_scale=(0.4, 1.0),
     local_crops_number=4,
-    local_crops_scale=(0.1, 0.3),
+    local_crops_scale=(0.15, 0.4),
     blur_sigma=(0.1, 0.5),
 )
 
 CIFAR10_VIT_TINY_NOTES = """\
 cifar10_vit_tiny: DINO for 32 px images and about an hour of 2 CPU cores.
-- ViT-T width (192, 3 heads), patch 4 (64 patch tokens at 32 px, 16 at
-  16 px) but 4 blocks instead of 12: three times the steps per hour.
-- out_dim 2048, head hidden 1024: 10 classes and 45k images need far
-  fewer prototypes than ImageNet, and a smaller head is faster.
+- ViT-T layout (patch 4: 64 patch tokens at 32 px, 16 at 16 px) made
+  smaller: 128 wide, 4 heads, MLP ratio 2, 3 blocks. One training step
+  costs about a third of a 192-wide 4-block ViT-T (0.41 s vs 1.17 s at
+  batch 64 with torch on 2 cores), so an hour buys about 8,000 steps.
+  In our probes the smaller network's k-NN rose from the same number of
+  steps, so the hour goes further.
+- out_dim 1024, head 512 hidden / 128 bottleneck: 10 classes and 45k
+  images need far fewer prototypes than ImageNet; a smaller head is
+  faster and keeps the teacher's output away from uniform.
 - lr 0.004 x batch/256 (peak 0.001 at batch 64), 1 warm-up epoch: the
   paper's 0.0005 with 10 warm-up epochs leaves the network near its
   initialisation after an hour (the reference measured no gain).
 - teacher momentum 0.99 (cosine to 1): with a few thousand steps the
   paper's 0.996 keeps the teacher too close to its random start.
-- 4 local crops of 16 px at scale 0.1-0.3, global scale 0.3-1: at 32 px
-  the paper's 0.05 area is a 7 px patch with almost no content.
+- 4 local crops of 16 px at scale 0.15-0.4, global 32 px at 0.4-1 (the
+  paper's global scale): at 32 px the paper's 0.05 area is a 7 px patch
+  with almost no content.
 - blur sigma 0.1-0.5 px: the paper's up-to-2 px blur (for 224 px) wipes a
-  32 px image out.
-- no stochastic depth: 4 blocks trained briefly do not overfit.
+  32 px image out. Colour jitter, grayscale and solarisation as in the
+  paper.
+- no stochastic depth: 3 blocks trained briefly do not overfit.
 """
 
 # The README's demo: the same recipe on the 5,000-image sample, shortened

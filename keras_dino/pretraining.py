@@ -25,8 +25,15 @@ def build_backbone(config):
             f"Unknown arch {config['arch']!r}; choose one of {sorted(ARCHS)}."
         )
     arch = dict(ARCHS[config["arch"]])
-    if config.get("depth"):
-        arch["num_layers"] = int(config["depth"])
+    # depth / embed_dim / num_heads / mlp_ratio override the named arch.
+    for key, name, cast in (
+        ("depth", "num_layers", int),
+        ("embed_dim", "hidden_dim", int),
+        ("num_heads", "num_heads", int),
+        ("mlp_ratio", "mlp_ratio", float),
+    ):
+        if config.get(key):
+            arch[name] = cast(config[key])
     return ViTBackbone(
         image_size=config["image_size"],
         patch_size=config["patch_size"],
