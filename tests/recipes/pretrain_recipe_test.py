@@ -109,35 +109,79 @@ def test_unknown_configuration_and_keys_are_clear_errors():
         configs.get_config("cifar10_vit_tiny", learning_rate=1.0)
 
 
+def test_build_backbone_applies_width_overrides():
+    config = configs.get_config(
+        "cifar10_vit_tiny", depth=2, embed_dim=48, num_heads=3, mlp_ratio=1.5
+    )
+    backbone = pretraining.build_backbone(config)
+    assert backbone.output_shape == (None, 48)
+    blocks = [layer for layer in backbone.layers if "block" in layer.name]
+    assert len(blocks) == 2
+    fc1 = blocks[0].mlp_fc1.kernel.shape
+    assert tuple(fc1) == (48, 72)  # 48 * 1.5
+    assert blocks[0].attention.num_heads == 3
+    # The named arch is used where no override is given.
+    plain = pretraining.build_backbone(
+        configs.get_config(
+            "cifar10_vit_tiny", depth=1, embed_dim=None, num_heads=None
+        )
+    )
+    assert plain.output_shape == (None, 192)
+
+
+def _run_recipe(name, *args):
+    """Runs `recipes/<name>.py args` in a subprocess; asserts it succeeds."""
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py")]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        cmd + list(args), capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_demo_recipe_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = _run_recipe(
+        "demo", f"--output_dir={out}", "--epochs=1", "--max_images=128"
+    )
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| backbone | k=10 | k=20 | k=100 | k=200 |"
+    assert rows[2].startswith("| random init") and rows[3].startswith(
+        "| DINO teacher, 1 epochs"
+    )
+    values = [float(v) for v in rows[3].strip("| ").split(" | ")[1:]]
+    assert len(values) == 4 and all(0.0 <= v <= 100.0 for v in values)
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    assert (out / "teacher_backbone.keras").exists()
+
+
 def test_pretrain_recipe_end_to_end(tiny_npz, tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "recipes", "pretrain.py"),
+    args = [
         "--config=cifar10_vit_tiny",
         f"--npz={tiny_npz}",
         f"--output_dir={out}",
         "--epochs=2",
         "--depth=1",
+        "--embed_dim=32",
+        "--num_heads=2",
+        "--mlp_ratio=1.5",
         "--patch_size=8",
         "--out_dim=32",
+        "--head_hidden_dim=24",
         "--batch_size=8",
         "--local_crops_number=2",
         "--global_crops_scale=0.5,1.0",
         "--verbose=0",
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_recipe("pretrain", *args)
     assert "global_crops_scale': (0.5, 1.0)" in proc.stdout
+    assert "'embed_dim': 32, 'num_heads': 2, 'mlp_ratio': 1.5" in proc.stdout
+    assert "'head_hidden_dim': 24" in proc.stdout
     assert (out / "teacher_backbone.keras").exists()
     assert len(_history(out)) == 2
     # Run again: it finds the finished run and does not train further.
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_recipe("pretrain", *args)
     assert "Resuming from" in proc.stdout
     assert "2 of 2 epochs are done" in proc.stdout
