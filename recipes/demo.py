@@ -34,6 +34,12 @@ flags.DEFINE_integer(
     "epochs", 12, "Pretraining epochs (78 steps each on the full sample)."
 )
 flags.DEFINE_integer("max_images", 0, "Use at most this many (0: all).")
+flags.register_validator(
+    "max_images",
+    lambda n: n == 0 or n >= 200,
+    "--max_images must be 0 (all) or at least 200, the largest k of the "
+    "k-NN evaluation.",
+)
 
 
 def main(argv):
@@ -44,8 +50,10 @@ def main(argv):
     from keras_dino import pretraining
     from keras_dino.evaluation import extract_features
     from keras_dino.evaluation import imagenet_preprocessing
+    from keras_dino.evaluation import knn_classify
     from keras_dino.evaluation import knn_evaluate
     from keras_dino.evaluation import load_npz
+    from keras_dino.evaluation import paired_sign_test
     from keras_dino.evaluation.knn_monitor import KNNMonitor
     from keras_dino.evaluation.learning_curve import plot_learning_curve
     from keras_dino.evaluation.learning_curve import read_history
@@ -83,21 +91,19 @@ def main(argv):
     minutes = (time.time() - start) / 60
 
     prep = imagenet_preprocessing(config["image_size"])
-    rows = []
+    rows, correct = [], {}
     for name in ("initial_backbone", "teacher_backbone"):
         backbone = keras.saving.load_model(os.path.join(out, name + ".keras"))
         feats = [
             extract_features(backbone, x, preprocessing=prep, verbose=0)
             for x in (train_x, val_x)
         ]
-        rows.append(
-            (
-                name,
-                knn_evaluate(
-                    feats[0], train_y, feats[1], val_y, ks=(10, 20, 100, 200)
-                ),
-            )
+        result = knn_evaluate(
+            feats[0], train_y, feats[1], val_y, ks=(10, 20, 100, 200)
         )
+        rows.append((name, result))
+        _, _, predictions = knn_classify(feats[0], train_y, feats[1], k=20)
+        correct[name] = predictions[:, 0] == val_y
     history = read_history(os.path.join(out, "history.csv"))
     plot_learning_curve(
         history,
@@ -121,6 +127,19 @@ def main(argv):
             f"{result[k]['top1']:.1f}" for k in (10, 20, 100, 200)
         )
         print(f"| {labels[name]} | {cells} |")
+    gains = " | ".join(
+        f"{rows[1][1][k]['top1'] - rows[0][1][k]['top1']:+.1f}"
+        for k in (10, 20, 100, 200)
+    )
+    print(f"| gain (points) | {gains} |")
+    only_init, only_dino, p_value = paired_sign_test(
+        correct["initial_backbone"], correct["teacher_backbone"]
+    )
+    print(
+        f"At k=20 the trained teacher alone is right on {only_dino} images "
+        f"and random init alone on {only_init}: exact paired sign test "
+        f"p = {p_value:.2g}."
+    )
     print(f"Learning curve: {os.path.join(out, 'learning_curve.png')}")
 
 

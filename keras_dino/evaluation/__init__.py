@@ -18,6 +18,7 @@ from keras_dino.evaluation.features import l2_normalize
 from keras_dino.evaluation.features import preprocess_images
 from keras_dino.evaluation.knn import knn_classify
 from keras_dino.evaluation.knn import knn_evaluate
+from keras_dino.evaluation.knn import paired_sign_test
 from keras_dino.evaluation.linear_probe import EpochCosineDecay
 from keras_dino.evaluation.linear_probe import LinearProbe
 from keras_dino.evaluation.linear_probe import LinearProbeImages
@@ -53,6 +54,7 @@ __all__ = [
     "imagenet_preprocessing",
     "knn_classify",
     "knn_evaluate",
+    "paired_sign_test",
     "l2_normalize",
     "labeled_dataset",
     "linear_probe_learning_rate",

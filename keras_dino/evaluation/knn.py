@@ -6,6 +6,8 @@ does not need to be a Keras layer. Test features are processed in chunks to
 bound the memory of the similarity matrix.
 """
 
+import math
+
 import numpy as np
 
 
@@ -232,3 +234,46 @@ def knn_evaluate(
         }
         for k in ks
     }
+
+
+def paired_sign_test(correct_a, correct_b):
+    """Exact McNemar (sign) test of two classifiers on the same examples.
+
+    Counts the examples only one of the two gets right and tests, with an
+    exact two-sided binomial test at p = 0.5, whether they differ. Use it to
+    tell whether a k-NN gain over a baseline is more than noise.
+
+    Args:
+        correct_a: boolean `(n,)`, which examples classifier A gets right.
+        correct_b: boolean `(n,)`, the same for classifier B.
+
+    Returns:
+        `(only_a, only_b, p_value)`: examples only A / only B gets right,
+        and the two-sided p-value.
+
+    Example:
+    >>> paired_sign_test([True, True, False], [False, True, False])
+    (1, 0, 1.0)
+    """
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape or correct_a.ndim != 1:
+        raise ValueError(
+            "correct_a and correct_b must be 1-D and of the same length; got "
+            f"{correct_a.shape} and {correct_b.shape}."
+        )
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(correct_b & ~correct_a))
+    n, low = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return only_a, only_b, 1.0
+    # P(X <= low) for X ~ Binomial(n, 1/2), in log space for large n.
+    log_terms = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        - n * math.log(2.0)
+        for i in range(low + 1)
+    ]
+    tail = float(np.exp(np.logaddexp.reduce(log_terms)))
+    return only_a, only_b, min(1.0, 2.0 * tail)

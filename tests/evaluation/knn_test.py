@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 from keras_dino.evaluation import knn_classify
 from keras_dino.evaluation import knn_evaluate
 from keras_dino.evaluation import l2_normalize
+from keras_dino.evaluation import paired_sign_test
 
 # Unit vectors: the test point [1, 0] has similarities 1, 0.6, 0.6, 0.
 TRAIN = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8], [0.0, 1.0]])
@@ -120,3 +121,18 @@ def test_errors():
         knn_classify(TRAIN, TRAIN_LABELS, TEST, k=1, num_classes=2)
     with pytest.raises(ValueError, match="test_labels"):
         knn_evaluate(TRAIN, TRAIN_LABELS, TEST, None, ks=(1,))
+
+
+def test_paired_sign_test_matches_scipy_binomtest():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    for n, p_a, p_b in [(40, 0.5, 0.5), (1000, 0.27, 0.31), (300, 0.6, 0.4)]:
+        a = rng.random(n) < p_a
+        b = rng.random(n) < p_b
+        only_a, only_b, p = paired_sign_test(a, b)
+        assert only_a == int(np.sum(a & ~b)) and only_b == int(np.sum(b & ~a))
+        expected = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue
+        np.testing.assert_allclose(p, expected, rtol=1e-9)
+    assert paired_sign_test([True, False], [True, False]) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="same length"):
+        paired_sign_test([True], [True, False])

@@ -143,15 +143,17 @@ def _run_recipe(name, *args):
 def test_demo_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = _run_recipe(
-        "demo", f"--output_dir={out}", "--epochs=1", "--max_images=128"
+        "demo", f"--output_dir={out}", "--epochs=1", "--max_images=256"
     )
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert rows[0] == "| backbone | k=10 | k=20 | k=100 | k=200 |"
-    assert rows[2].startswith("| random init") and rows[3].startswith(
+    assert rows[1].startswith("| random init") and rows[2].startswith(
         "| DINO teacher, 1 epochs"
     )
-    values = [float(v) for v in rows[3].strip("| ").split(" | ")[1:]]
+    values = [float(v) for v in rows[2].strip("| ").split(" | ")[1:]]
     assert len(values) == 4 and all(0.0 <= v <= 100.0 for v in values)
+    assert rows[3].startswith("| gain (points) | ")
+    assert "exact paired sign test p = " in proc.stdout
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "teacher_backbone.keras").exists()
 
