@@ -143,8 +143,13 @@ def _run_recipe(name, *args):
 def test_demo_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = _run_recipe(
-        "demo", f"--output_dir={out}", "--epochs=1", "--max_images=256"
+        "demo",
+        f"--output_dir={out}",
+        "--epochs=1",
+        "--schedule_epochs=3",
+        "--max_images=256",
     )
+    assert "4 steps x 1 epochs (of a 3-epoch schedule)" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert rows[0] == "| backbone | k=10 | k=20 | k=100 | k=200 |"
     assert rows[1].startswith("| random init") and rows[2].startswith(
