@@ -14,6 +14,12 @@ CFG-C 12 / 3.5, CFG-T 4.0 / 2.8, CFG-S 1.2 / 3.6.
 Usage:
     python benchmarks/train_step.py [--configs CFG-C,CFG-T,CFG-S]
         [--backends jax,tensorflow,torch] [--steps 6]
+        [--dtype_policy float32|mixed_bfloat16]
+
+`--dtype_policy mixed_bfloat16` computes the backbones in bfloat16 (heads,
+loss and weights stay float32), which uses the AMX / AVX-512 BF16 units of
+CPUs that have them. The GFLOP/s column is then not comparable with the
+float32 GEMM rate.
 """
 
 import argparse
@@ -112,7 +118,7 @@ def gemm_rates():
     return rates
 
 
-def run_one(name, steps):
+def run_one(name, steps, dtype_policy="float32"):
     """Runs in the subprocess: time `steps` DINO steps with `fit`."""
     import resource
 
@@ -128,8 +134,11 @@ def run_one(name, steps):
         patch_size=cfg["patch_size"],
         image_size=cfg["image_size"],
         drop_path_rate=0.1,
+        dtype=dtype_policy,
     )
-    model = keras_dino.models.DINO(backbone, out_dim=cfg["out_dim"])
+    model = keras_dino.models.DINO(
+        backbone, out_dim=cfg["out_dim"], dtype=dtype_policy
+    )
     model.compile(
         optimizer=keras_dino.optimizers.dino_adamw(
             cfg["batch"], steps_per_epoch=1000, epochs=100
@@ -165,10 +174,15 @@ def main():
     parser.add_argument("--configs", default="CFG-C,CFG-T,CFG-S")
     parser.add_argument("--backends", default="jax,tensorflow,torch")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--dtype_policy",
+        default="float32",
+        choices=["float32", "mixed_bfloat16"],
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        run_one(args._child, args.steps)
+        run_one(args._child, args.steps, args.dtype_policy)
         return
     rates = gemm_rates()
     print(
@@ -195,6 +209,8 @@ def main():
                     name,
                     "--steps",
                     str(args.steps),
+                    "--dtype_policy",
+                    args.dtype_policy,
                 ],
                 env=env,
                 capture_output=True,

@@ -45,6 +45,7 @@ IMAGENET_VITS16 = {
     "color_jitter_prob": 0.8,
     "grayscale_prob": 0.2,
     "seed": 0,
+    "dtype_policy": "float32",
 }
 
 CIFAR10_VIT_TINY = dict(
@@ -100,10 +101,20 @@ cifar10_vit_tiny: DINO for 32 px images and about an hour of 2 CPU cores.
 
 # The README's demo: the same recipe on the 5,000-image sample shipped in
 # recipes/data, shortened to about ten minutes of 2 CPU cores (the demo sets
-# `epochs`; an epoch is one pass over the 5,000 images, 78 steps).
+# `epochs`; an epoch is one pass over the 5,000 images, 78 steps). With a
+# few hundred steps the usual one-epoch freeze of the head's last layer is
+# not enough: once it trains, the teacher's output drifts towards uniform
+# (entropy near ln(out_dim)) and the k-NN accuracy stalls. The demo keeps it
+# frozen for the whole run (`recipes/demo.py` sets `freeze_last_layer` to
+# the schedule's length), as the reference's help for this flag suggests
+# when the loss does not decrease, with 5 warm-up epochs. Two local crops
+# and teacher momentum 0.98 make the most of the few steps; mixed bfloat16
+# precision ("auto") makes each step about 1.4x faster on CPUs with AMX.
 DEMO_OVERRIDES = {
-    "warmup_epochs": 1,
-    "freeze_last_layer": 1,
+    "warmup_epochs": 5,
+    "momentum_teacher": 0.98,
+    "local_crops_number": 2,
+    "dtype_policy": "auto",
 }
 
 CONFIGS = {

@@ -83,6 +83,10 @@ _OVERRIDES = {
     "local_crops_number": (flags.DEFINE_integer,),
     "local_crops_scale": (flags.DEFINE_list,),
     "seed": (flags.DEFINE_integer,),
+    "dtype_policy": (
+        flags.DEFINE_enum,
+        ["float32", "mixed_bfloat16", "auto"],
+    ),
 }
 for _name, (_define, *_extra) in _OVERRIDES.items():
     _define(_name, None, *_extra, f"Overrides the configuration's {_name}.")

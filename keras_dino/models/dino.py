@@ -23,6 +23,13 @@ def _clone_without_stochastic_depth(backbone):
     return teacher
 
 
+def _head_dtype_policy(policy):
+    """float32 for the heads when `policy` computes in 16 bits."""
+    if policy.compute_dtype in ("bfloat16", "float16"):
+        return "float32"
+    return policy
+
+
 def _ema_pairs(student, teacher):
     pairs = []
     student_weights, teacher_weights = student.weights, teacher.weights
@@ -129,7 +136,9 @@ class DINO(keras.Model):
             "num_layers": head_layers,
             "use_bn": use_bn_in_head,
             "norm_last_layer": norm_last_layer,
-            "dtype": self.dtype_policy,
+            # The heads keep float32 under a mixed-precision policy: their
+            # cosine logits are divided by temperatures as low as 0.04.
+            "dtype": _head_dtype_policy(self.dtype_policy),
         }
         self.student_backbone = backbone
         self.student_head = DINOHead(name="student_head", **head_args)
@@ -234,7 +243,9 @@ class DINO(keras.Model):
         crops = self._crops(x)
         if y_pred is None:
             y_pred = self(crops, training=training)
-        teacher = self.teacher_logits(crops)
+        # The loss runs in float32 under a mixed-precision policy.
+        y_pred = ops.cast(y_pred, "float32")
+        teacher = ops.cast(self.teacher_logits(crops), "float32")
         center = ops.convert_to_tensor(self.center)
         temperature = ops.convert_to_tensor(self.teacher_temperature)
         loss = losses.dino_loss(

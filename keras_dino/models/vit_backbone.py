@@ -214,7 +214,10 @@ class ViTBackbone(keras.Model):
             "drop_path_rate": self.drop_path_rate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "seed": self.seed,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            # The layers hold the policy: Functional does not keep `dtype`.
+            "dtype": keras.dtype_policies.serialize(
+                self.patch_embedding.dtype_policy
+            ),
         }
 
     @classmethod

@@ -1,5 +1,6 @@
 """MultiHeadSelfAttention against a numpy attention."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -75,3 +76,19 @@ def test_keras_saving(tiny, tmp_path):
     x = _inputs()
     out, reloaded = tiny.keras_round_trip(layer, x, tmp_path)
     np.testing.assert_allclose(reloaded, out, atol=1e-6)
+
+
+def test_mixed_bfloat16_close_to_numpy(tiny):
+    """bfloat16 compute (explicit matmuls on a torch CPU) stays close."""
+    x = _inputs(shape=(2, 9, 16))
+    layer = MultiHeadSelfAttention(16, 4, dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    weights = _randomise(layer, tiny)
+    assert all(v.dtype == "float32" for v in layer.weights)
+    expected, _ = np_attention(x, *weights, 4)
+    out = layer(x)
+    assert "bfloat16" in str(out.dtype)
+    err = np.abs(tiny.np(keras.ops.cast(out, "float32")) - expected)
+    # bfloat16 keeps 8 significant bits: relative error ~ 2**-8 per op.
+    assert err.max() < 0.05 * np.abs(expected).max()
+    assert err.max() > 0.0  # it really computed in bfloat16

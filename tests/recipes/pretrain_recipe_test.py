@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -100,6 +101,15 @@ def test_resume_after_interruption_keeps_the_schedules(tiny_npz, tmp_path):
     np.testing.assert_allclose(temps, [0.04, 0.06, 0.06], rtol=1e-6)
     assert (tmp_path / "resumed" / "teacher_backbone.keras").exists()
     assert (tmp_path / "resumed" / "initial_backbone.keras").exists()
+    # The configuration's seed fixes the initial weights.
+    initial = [
+        keras.saving.load_model(
+            tmp_path / name / "initial_backbone.keras"
+        ).get_weights()
+        for name in ("straight", "resumed")
+    ]
+    for a, b in zip(*initial):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_unknown_configuration_and_keys_are_clear_errors():
@@ -127,6 +137,31 @@ def test_build_backbone_applies_width_overrides():
         )
     )
     assert plain.output_shape == (None, 192)
+
+
+def test_dtype_policy_resolution_and_mixed_model(monkeypatch):
+    resolve = pretraining.resolve_dtype_policy
+    assert resolve("float32") == "float32"
+    assert resolve("mixed_bfloat16") == "mixed_bfloat16"
+    monkeypatch.setattr(pretraining, "_cpu_has_bfloat16_units", lambda: True)
+    assert resolve("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(pretraining, "_cpu_has_bfloat16_units", lambda: False)
+    assert resolve("auto") == "float32"
+    with pytest.raises(ValueError, match="use mixed_bfloat16"):
+        resolve("mixed_float16")
+    config = configs.get_config(
+        "cifar10_vit_tiny",
+        depth=1,
+        out_dim=32,
+        head_hidden_dim=16,
+        head_bottleneck_dim=8,
+        dtype_policy="mixed_bfloat16",
+    )
+    model = pretraining.build_dino(config)
+    block = model.student_backbone.get_layer("block_0")
+    assert block.compute_dtype == "bfloat16"
+    assert model.student_head.compute_dtype == "float32"
+    assert configs.get_config("cifar10_vit_tiny")["dtype_policy"] == "float32"
 
 
 def _run_recipe(name, *args):
