@@ -35,6 +35,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("max_images", 0, "Use at most this many (0: all).")
 flags.DEFINE_integer(
+    "seed", 0, "Seed of the initial weights and of the augmentation."
+)
+flags.DEFINE_integer(
     "monitor_images",
     1000,
     "Held-out images for the per-epoch k-NN curve (the final table uses "
@@ -77,6 +80,7 @@ def main(argv):
         **configs.DEMO_OVERRIDES,
         epochs=max(FLAGS.schedule_epochs, FLAGS.epochs),
         freeze_last_layer=max(FLAGS.schedule_epochs, FLAGS.epochs),
+        seed=FLAGS.seed,
     )
     train_x, train_y = load_npz(FLAGS.train_npz)
     val_x, val_y = load_npz(FLAGS.val_npz)

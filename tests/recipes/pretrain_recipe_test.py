@@ -183,6 +183,7 @@ def test_demo_recipe_end_to_end(tmp_path):
         "--epochs=1",
         "--schedule_epochs=3",
         "--max_images=256",
+        "--seed=1",
     )
     assert "4 steps x 1 epochs (of a 3-epoch schedule)" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
