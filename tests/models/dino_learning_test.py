@@ -76,7 +76,7 @@ class StepLogs(keras.callbacks.Callback):
 
 @pytest.mark.slow
 def test_dino_learns_on_cifar10(data_dir):
-    images = np.load(data_dir / "cifar10_val.npz")["images"]
+    images = np.load(data_dir / "cifar10_demo_val.npz")["images"]
     keras.utils.set_random_seed(0)
     backbone = ViTBackbone(
         image_size=32,
