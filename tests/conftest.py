@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny models, multi-crop batches and the data folder.
+"""Shared fixtures: tiny models, multi-crop batches and sample data.
 
 Everything here is sized for a 2-core CPU: hidden 16, one or two blocks,
-out_dim <= 512, batches of 4.
+out_dim <= 512, batches of 4. The only data the tests read is in the
+repository: the CIFAR-10 sample in `recipes/data/` and files the tests
+write themselves (JPEG folders made from that sample).
 """
 
 import os
@@ -21,7 +23,11 @@ if BACKEND == "torch":
     # these tiny models wait for busy cores (measured 35x slower per step
     # with 2 threads under load); one thread is fastest here.
     torch.set_num_threads(1)
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The CIFAR-10 sample shipped with the repository (see README.md): two
+# class-balanced files of 5,000 real 32 x 32 images with labels.
+DATA_DIR = Path(__file__).resolve().parents[1] / "recipes" / "data"
+CIFAR_VAL = "cifar10_demo_val.npz"
 
 
 def to_numpy(x):
@@ -73,9 +79,67 @@ def multi_crop_batch(
 
 @pytest.fixture
 def data_dir():
-    if not DATA_DIR.is_dir():
-        pytest.fail(f"The shared data folder {DATA_DIR} is missing.")
+    """`recipes/data`, the folder of the repository's CIFAR-10 sample."""
+    if not (DATA_DIR / CIFAR_VAL).is_file():
+        pytest.fail(
+            f"The repository's CIFAR-10 sample {DATA_DIR / CIFAR_VAL} is "
+            "missing; it is part of the repository (check out its files)."
+        )
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar_sample():
+    """`(images, labels, class_names)` of the first 500 held-out images."""
+    with np.load(DATA_DIR / CIFAR_VAL) as data:
+        return (
+            data["images"][:500],
+            data["labels"][:500].astype("int64"),
+            [str(name) for name in data["class_names"]],
+        )
+
+
+def write_jpeg_folder(root, images, labels, class_names, per_class):
+    """Writes `root/<class>/<n>.JPEG` files: `per_class` real images each.
+
+    The 32 px images are enlarged (bicubic) to 96 x 72 or 72 x 96 pixels,
+    alternately, so that readers see non-square JPEGs of several sizes.
+    Returns the classes written, in order.
+    """
+    from PIL import Image
+
+    written = []
+    for label, name in enumerate(class_names):
+        indices = np.flatnonzero(labels == label)[:per_class]
+        if len(indices) < per_class:
+            continue
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for n, i in enumerate(indices):
+            size = (96, 72) if n % 2 == 0 else (72, 96)
+            picture = Image.fromarray(images[i]).resize(size, Image.BICUBIC)
+            picture.save(os.path.join(root, name, f"{n:03d}.JPEG"), quality=90)
+        written.append(name)
+    return written
+
+
+@pytest.fixture(scope="session")
+def image_folders(tmp_path_factory, cifar_sample):
+    """`train/` and `val/` folders of real JPEGs in 3 classes (14 + 7 each).
+
+    Made from the repository's CIFAR-10 sample (no two files share an
+    image); `root/<split>/<class>/<n>.JPEG`.
+    """
+    images, labels, class_names = cifar_sample
+    root = tmp_path_factory.mktemp("image_folders")
+    classes = class_names[:3]
+    train = write_jpeg_folder(
+        root / "train", images[:300], labels[:300], classes, per_class=14
+    )
+    val = write_jpeg_folder(
+        root / "val", images[300:], labels[300:], classes, per_class=7
+    )
+    assert train == val == classes, "the sample lacks images of a class"
+    return root
 
 
 @pytest.fixture
