@@ -1,169 +1,71 @@
-"""Callbacks that own DINO's epoch-level and run-length schedules.
+"""Callbacks that `DINO.fit` adds: a run-state check and a NaN guard.
 
-They write model variables only at the start of training or of an epoch;
-the per-step arithmetic (teacher momentum, learning rate, weight decay)
-runs inside the compiled step from `optimizer.iterations`. None of them
-touches the model per batch, which on JAX would copy the whole training
-state to the host every step.
+No schedule lives in a callback: `keras_dino.schedules.DINOSchedule`,
+given to `DINO.compile`, owns every per-iteration value and the training
+step evaluates it. None of these callbacks touches the model per batch,
+which on JAX would copy the whole training state to the host every step.
 """
 
 import math
+import warnings
 
 import keras
 
-from keras_dino.schedules import teacher_temperature_schedule
 
+@keras.saving.register_keras_serializable(package="keras_dino")
+class RunStateCheck(keras.callbacks.Callback):
+    """Refuses a `fit` call that disagrees with the model's run state.
 
-class _ConfigurableCallback(keras.callbacks.Callback):
-    """A callback rebuilt from its `get_config()` arguments."""
+    At the first epoch of each `fit` it compares a non-zero
+    `initial_epoch` with the model's iteration counter and
+    `steps_per_epoch` with the schedule's, so that a resumed or repeated
+    `fit` continues the run exactly or stops with an explanation. (A `fit`
+    starting at epoch 0 continues from wherever the model is, so
+    `fit(epochs=1)` in a loop is one run.) It warns once the schedule is
+    over (later iterations keep the schedule's last values).
+    """
+
+    def get_config(self):
+        return {}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
-
-def _steps_per_epoch(callback):
-    steps = callback.params.get("steps")
-    if not steps:
-        raise ValueError(
-            f"{type(callback).__name__} needs the number of steps per epoch; "
-            "pass `steps_per_epoch` to fit or use a dataset of known length."
-        )
-    return int(steps)
-
-
-@keras.saving.register_keras_serializable(package="keras_dino")
-class TeacherMomentumSchedule(_ConfigurableCallback):
-    """Cosine teacher EMA momentum from `base` to `final` over the run.
-
-    At the start of `fit` it records the run length (epochs x steps per
-    epoch) in the model; each step then uses
-    `final + (base - final) * (1 + cos(pi * step / total)) / 2`.
-
-    Args:
-        base: float, momentum at step 0 (paper: 0.996).
-        final: float, the value the cosine tends to (paper: 1.0).
-        epochs: optional int, the length of the whole run when `fit` is
-            called for part of it (e.g. a job that stops early and resumes);
-            by default `fit`'s `epochs`.
-    """
-
-    def __init__(self, base=0.996, final=1.0, epochs=None):
-        super().__init__()
-        self.base, self.final = float(base), float(final)
-        self.epochs = None if epochs is None else int(epochs)
-
-    def get_config(self):
-        return {"base": self.base, "final": self.final, "epochs": self.epochs}
-
     def on_train_begin(self, logs=None):
-        epochs = self.epochs or self.params["epochs"]
-        total = epochs * _steps_per_epoch(self)
-        self.model.teacher_momentum_base.assign(self.base)
-        self.model.teacher_momentum_final.assign(self.final)
-        self.model.teacher_momentum_steps.assign(total)
-
-
-@keras.saving.register_keras_serializable(package="keras_dino")
-class TeacherTemperatureSchedule(_ConfigurableCallback):
-    """Teacher temperature, linear warm-up per epoch then constant.
-
-    Args:
-        value: float, temperature after warm-up (paper: 0.04).
-        warmup_value: float, temperature of epoch 0 (paper: 0.04).
-        warmup_epochs: int, epochs of linear warm-up (paper: 0; 30 is
-            suggested when training is unstable).
-        epochs: optional int, the length of the whole run; by default
-            `fit`'s `epochs`.
-    """
-
-    def __init__(
-        self, value=0.04, warmup_value=0.04, warmup_epochs=0, epochs=None
-    ):
-        super().__init__()
-        self.value = float(value)
-        self.warmup_value = float(warmup_value)
-        self.warmup_epochs = int(warmup_epochs)
-        self.epochs = None if epochs is None else int(epochs)
-
-    def get_config(self):
-        return {
-            "value": self.value,
-            "warmup_value": self.warmup_value,
-            "warmup_epochs": self.warmup_epochs,
-            "epochs": self.epochs,
-        }
-
-    def temperature(self, epoch, epochs):
-        """The temperature of `epoch` in a run of `epochs`."""
-        schedule = teacher_temperature_schedule(
-            self.warmup_value, self.value, self.warmup_epochs, epochs
-        )
-        return float(schedule[min(epoch, epochs - 1)])
+        self._checked = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        value = self.temperature(epoch, self.epochs or self.params["epochs"])
-        self.model.teacher_temperature.assign(value)
-
-
-@keras.saving.register_keras_serializable(package="keras_dino")
-class CenterMomentum(_ConfigurableCallback):
-    """Momentum of the center update, constant or a function of the epoch.
-
-    Args:
-        momentum: float (paper: 0.9) or a callable `epoch -> float`.
-    """
-
-    def __init__(self, momentum=0.9):
-        super().__init__()
-        self.momentum = momentum
-
-    def get_config(self):
-        if callable(self.momentum):
-            raise NotImplementedError(
-                "A CenterMomentum with a callable momentum cannot be "
-                "serialised."
+        if getattr(self, "_checked", False):
+            return
+        self._checked = True
+        schedule = self.model.schedule
+        steps = self.params.get("steps")
+        spe = schedule.steps_per_epoch
+        if steps and int(steps) != spe:
+            raise ValueError(
+                f"fit runs {steps} steps per epoch but the DINOSchedule was "
+                f"built for {spe}. Pass steps_per_epoch={spe} to fit, or "
+                "compile with a schedule for this epoch length."
             )
-        return {"momentum": self.momentum}
-
-    def on_epoch_begin(self, epoch, logs=None):
-        value = (
-            self.momentum(epoch) if callable(self.momentum) else (self.momentum)
-        )
-        self.model.center_momentum.assign(float(value))
-
-
-@keras.saving.register_keras_serializable(package="keras_dino")
-class FreezeLastLayer(_ConfigurableCallback):
-    """Keeps the head's last layer untouched for the first `epochs` epochs.
-
-    Sets the optimiser's `frozen_steps` to `epochs * steps_per_epoch`; the
-    optimiser then neither steps nor decays the last layer before that
-    iteration (as the reference, which drops its gradient to `None`).
-
-    Args:
-        epochs: int (paper: 1).
-    """
-
-    def __init__(self, epochs=1):
-        super().__init__()
-        self.epochs = int(epochs)
-
-    def get_config(self):
-        return {"epochs": self.epochs}
-
-    def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
-        if not hasattr(optimizer, "frozen_steps"):
-            if not getattr(optimizer, "built", False) and hasattr(
-                optimizer, "freeze_variables"
-            ):
-                optimizer.build(self.model.trainable_variables)
-            else:
-                raise ValueError(
-                    "FreezeLastLayer needs keras_dino.optimizers.DINOAdamW."
-                )
-        optimizer.frozen_steps.assign(self.epochs * _steps_per_epoch(self))
+        done = int(keras.ops.convert_to_numpy(self.model.iteration))
+        # fit(epochs=1) in a loop starts every call at epoch 0 and simply
+        # continues the run; an explicit initial_epoch must agree with it.
+        if epoch > 0 and done != epoch * spe:
+            raise ValueError(
+                f"fit starts at epoch {epoch} (initial_epoch) but the model "
+                f"has taken {done} iterations, i.e. {done / spe:g} epochs of "
+                f"{spe} steps. Pass initial_epoch={done // spe} (or 0) to "
+                "continue the run (the schedules follow the model's "
+                "iteration counter), or build a new model to start afresh."
+            )
+        if done >= schedule.total_steps:
+            warnings.warn(
+                f"The DINOSchedule covers {schedule.total_steps} iterations "
+                f"and the model has taken {done}; further training keeps "
+                "the schedule's last values.",
+                stacklevel=2,
+            )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,11 +73,14 @@ class NonFiniteLossError(RuntimeError):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class NonFiniteLossGuard(_ConfigurableCallback):
-    """Stops `fit` with a clear error when the loss is not finite.
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops `fit` with a clear error when the loss or a weight is not finite.
 
-    It reads only the step's logs (never the model) and is `async_safe`:
-    on JAX and PyTorch Keras runs its check in a worker thread, so it adds
+    It checks the step's `loss` and `weights_finite` (which `DINO` logs
+    after each update), so a step with a finite loss but a non-finite
+    update stops training too. It reads only the step's logs (never the
+    model) and is `async_safe`: on JAX and PyTorch Keras runs its check in
+    a worker thread, so it adds
     no host synchronisation to the training loop (unless another callback,
     such as the `verbose=1` progress bar, already forces one); the error
     surfaces a step later, and always before `on_epoch_end`, so it stops
@@ -187,6 +92,10 @@ class NonFiniteLossGuard(_ConfigurableCallback):
     def get_config(self):
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     def on_train_batch_end(self, batch, logs=None):
         self._check(logs, f"step {batch}")
 
@@ -194,40 +103,40 @@ class NonFiniteLossGuard(_ConfigurableCallback):
         self._check(logs, f"the end of epoch {epoch + 1}")
 
     def _check(self, logs, where):
-        loss = (logs or {}).get("loss")
-        if loss is None:
+        logs = logs or {}
+        loss = logs.get("loss")
+        loss = None if loss is None else float(loss)
+        finite = logs.get("weights_finite")
+        if finite is not None and float(finite) < 1.0:
+            what = f"Some weights became NaN or infinite at {where}"
+            if loss is not None:
+                what += f" (loss {loss})"
+        elif loss is not None and not math.isfinite(loss):
+            what = f"The DINO loss became {loss} at {where}"
+        else:
             return
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"The DINO loss became {loss} at {where}. Training was "
-                "stopped; checkpoints already written were left as they "
-                "are. Try a lower learning rate, a longer warm-up, "
-                "gradient clipping (clip_norm=3.0), a teacher-temperature "
-                "warm-up (TeacherTemperatureSchedule(warmup_epochs=30)), "
-                "float32 instead of mixed precision, and check the inputs "
-                "for NaN."
-            )
-
-
-_DEFAULTS = (
-    TeacherMomentumSchedule,
-    TeacherTemperatureSchedule,
-    CenterMomentum,
-    FreezeLastLayer,
-)
+        raise NonFiniteLossError(
+            f"{what}. Training was "
+            "stopped; checkpoints already written were left as they "
+            "are. Try a lower learning rate, a longer warm-up, "
+            "gradient clipping (clip_norm=3.0), a teacher-temperature "
+            "warm-up (DINOSchedule(warmup_teacher_temperature_epochs=30)), "
+            "float32 instead of mixed precision, and check the inputs "
+            "for NaN."
+        )
 
 
 def with_default_callbacks(callbacks=None):
-    """`callbacks` plus the paper's defaults for every schedule not given.
+    """`callbacks` plus a `NonFiniteLossGuard` and a `RunStateCheck`.
 
-    A `NonFiniteLossGuard` is put first so that it runs before any
-    checkpointing callback.
+    The guard is put first so that it runs before any checkpointing
+    callback; each is added only when not given.
     """
     callbacks = list(callbacks or [])
     given = {type(c) for c in callbacks}
-    defaults = [
-        cls() for cls in _DEFAULTS if not any(issubclass(g, cls) for g in given)
+    added = [
+        cls()
+        for cls in (NonFiniteLossGuard, RunStateCheck)
+        if not any(issubclass(g, cls) for g in given)
     ]
-    guard = [] if NonFiniteLossGuard in given else [NonFiniteLossGuard()]
-    return guard + defaults + callbacks
+    return added + callbacks

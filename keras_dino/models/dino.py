@@ -1,12 +1,11 @@
 """The DINO self-distillation model."""
 
-import math
-
 import keras
 from keras import ops
 
 from keras_dino import losses
 from keras_dino.layers.dino_head import DINOHead
+from keras_dino.schedules import DINOSchedule
 from keras_dino.utils.distribution import scale_loss_for_replicas
 from keras_dino.utils.serialization import with_deserialized_backbone
 
@@ -49,32 +48,179 @@ def _ema_pairs(student, teacher):
     return pairs
 
 
+_NO_SCHEDULE = (
+    "DINO.compile needs schedule=keras_dino.schedules.DINOSchedule(...), "
+    "the run's learning rate, weight decay, teacher momentum and "
+    "temperature, center momentum and last-layer freeze; the paper's is "
+    "DINOSchedule.paper(batch_size=..., steps_per_epoch=..., epochs=...)."
+)
+
+
+def _check_crops(crops, num_global_crops):
+    """Static checks of a multi-crop tuple (dtype, order, batch sizes)."""
+    batch, global_size = None, None
+    for i, crop in enumerate(crops):
+        shape = tuple(crop.shape)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(
+                f"Crop {i} has shape {shape}; DINO expects (batch, height, "
+                "width, 3) crop batches."
+            )
+        dtype = keras.backend.standardize_dtype(crop.dtype)
+        if "float" not in dtype:
+            raise ValueError(
+                f"Crop {i} is {dtype}; DINO expects normalised float crops "
+                "(keras_dino.data.MultiCropAugmentation gives them). Convert "
+                "images with (x / 255 - mean) / std first."
+            )
+        size = shape[1:3]
+        if i < num_global_crops:
+            if global_size is not None and size != global_size:
+                raise ValueError(
+                    f"The {num_global_crops} global crops must share one "
+                    f"resolution; crop {i} is {size}, crop 0 {global_size}."
+                )
+            global_size = size
+        elif None not in size and None not in global_size:
+            if size[0] * size[1] > global_size[0] * global_size[1]:
+                raise ValueError(
+                    f"Crop {i} ({size}) is larger than the global crops "
+                    f"({global_size}): give the {num_global_crops} global "
+                    "crops first, then the local crops."
+                )
+        if shape[0] is not None:
+            if batch is not None and shape[0] != batch:
+                raise ValueError(
+                    f"All crop batches must have the same batch size; crop "
+                    f"{i} has {shape[0]}, crop 0 has {batch}."
+                )
+            batch = shape[0]
+
+
+def _check_optimizer_fits_schedule(optimizer, schedule):
+    """Refuses an optimizer whose own lr or decay the schedule would fight."""
+    own_lr = optimizer._learning_rate
+    if schedule.learning_rate is not None and (
+        isinstance(own_lr, keras.optimizers.schedules.LearningRateSchedule)
+        or not isinstance(own_lr, keras.Variable)
+    ):
+        raise ValueError(
+            f"{type(optimizer).__name__} has its own learning-rate schedule "
+            "and the DINOSchedule sets one too. Give the optimizer a float "
+            "learning rate, or pass DINOSchedule(learning_rate=None) to "
+            "keep the optimizer's."
+        )
+    if schedule.weight_decay is None or getattr(
+        optimizer, "follows_weight_decay_schedule", False
+    ):
+        return
+    constant = schedule.weight_decay == schedule.weight_decay_end
+    own = optimizer.weight_decay or 0.0
+    if not constant or abs(own - schedule.weight_decay) > 1e-12:
+        raise ValueError(
+            f"{type(optimizer).__name__} applies a constant weight_decay "
+            f"({optimizer.weight_decay}) but the DINOSchedule asks for "
+            f"{schedule.weight_decay} -> {schedule.weight_decay_end}. Use "
+            "keras_dino.optimizers.DINOAdamW / DINOSGD / LARS, which follow "
+            "the schedule, or give the schedule weight_decay=None (the "
+            "optimizer's own decay) or a constant equal to the optimizer's."
+        )
+
+
+def _inner_optimizer(optimizer):
+    """The optimizer inside a `LossScaleOptimizer` (or itself)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def _slots_of(optimizer, variables):
+    """The optimizer variables named after `variables` (their slots).
+
+    Keras names a slot `{variable.path with "/" -> "_"}_{slot}`
+    (`add_variable_from_reference`); keras_dino's optimizers follow the
+    same rule for their per-variable step counts.
+    """
+    prefixes = tuple(v.path.replace("/", "_") + "_" for v in variables)
+    return [v for v in optimizer.variables if v.name.startswith(prefixes)]
+
+
+def _batch_norm_in_train_mode(model):
+    """Lets BatchNormalization layers of a frozen model use batch statistics.
+
+    Keras runs a non-trainable BatchNormalization in inference mode; the
+    reference's teacher is in train mode (batch statistics, running
+    statistics updated) while its weights come from the EMA only. The
+    layers are made trainable with all their variables non-trainable.
+    """
+    found = False
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = True
+            for variable in layer.variables:
+                variable.trainable = False
+            found = True
+    return found
+
+
+def _check_backbone(backbone):
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(
+            "DINO needs a keras.Model backbone mapping images to (batch, "
+            f"dim) features; got {type(backbone).__name__}."
+        )
+    shape = backbone.output_shape
+    if not isinstance(shape, tuple) or len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            "The DINO backbone must return (batch, dim) features (e.g. the "
+            f"CLS token or pooled features); {backbone.name} returns "
+            f"{shape}. Pool or select a token inside the backbone."
+        )
+    return int(shape[-1])
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
 @keras.saving.register_keras_serializable(package="keras_dino")
 class DINO(keras.Model):
     """Self-distillation with no labels (DINO), trained with `fit`.
 
     The student is `backbone` + a `DINOHead`; the teacher is a copy of both
     without stochastic depth, never touched by the optimizer, that follows
-    the student by an exponential moving average after every optimizer
-    step. Inputs are multi-crop batches: a tuple `(global_1, global_2,
-    local_1, ..., local_N)` of `(batch, height, width, 3)` tensors (a dataset
-    may also yield `(crops,)` or `(crops, labels)`). Crops of equal
-    resolution go through the backbone in one call. The teacher sees the
-    global crops; the loss is `keras_dino.losses.dino_loss` with the current
-    center, after which the center moves towards the batch mean of the
-    teacher logits (averaged over replicas).
+    the student by an exponential moving average after every step. Inputs
+    are multi-crop batches: a tuple `(global_1, global_2, local_1, ...,
+    local_N)` of float `(batch, height, width, 3)` tensors (a dataset may
+    also yield `(crops,)` or `(crops, labels)`). Crops of equal resolution
+    go through the backbone in one call. The teacher sees the global crops;
+    the loss is `keras_dino.losses.dino_loss` with the current center,
+    after which the center moves towards the batch mean of the teacher
+    logits (averaged over replicas).
 
-    Schedules that change per epoch (teacher temperature, center momentum)
-    or that need the run length (teacher momentum) are set by the callbacks
-    in `keras_dino.callbacks`; `fit` adds the paper's defaults for any that
-    is not given, and a `NonFiniteLossGuard`. The per-step arithmetic runs
-    inside the compiled step from `optimizer.iterations`.
+    The run's state has one owner: the `keras_dino.schedules.DINOSchedule`
+    given to `compile` defines learning rate, weight decay, teacher
+    momentum, teacher temperature, center momentum and the last-layer
+    freeze over the whole run, and the training step evaluates it from
+    `DINO.iteration`, a counter saved with the model that advances once per
+    step (also when a loss-scaled step is skipped, as the reference's
+    iteration does). Any Keras optimizer works: the step writes the
+    scheduled learning rate into it, and the weight decay into keras_dino
+    optimizers (`scheduled_weight_decay`); the frozen last layer and its
+    optimizer slots are restored after the update, so they are not
+    touched, as when PyTorch skips a parameter whose gradient is `None`.
+
+    A backbone with BatchNormalization gets a teacher whose BN layers run
+    in train mode (batch statistics, own running statistics), as the
+    reference's; running statistics are not part of the EMA.
 
     Logged every step: `loss`, `learning_rate`, `weight_decay`,
     `teacher_momentum`, `teacher_temperature`, `teacher_entropy` (entropy
     of the centered, sharpened teacher output: near `ln(out_dim)` means
-    uniform collapse, near 0 means one-prototype collapse) and `kl` (mean
-    KL divergence from teacher to student: near 0 with either collapse).
+    uniform collapse, near 0 means one-prototype collapse), `kl` (mean
+    KL divergence from teacher to student: near 0 with either collapse),
+    `weights_finite` (1 while every student weight is finite) and, under
+    loss scaling, `loss_scale`.
 
     Args:
         backbone: a `keras.Model` mapping images to `(batch, dim)` features
@@ -86,7 +232,7 @@ class DINO(keras.Model):
         head_layers: int, head MLP depth.
         use_bn_in_head: bool, BatchNormalization in the head.
         norm_last_layer: bool, fix the head's weight-norm gain at 1.
-        student_temperature: float.
+        student_temperature: float > 0.
         num_global_crops: int, the leading crops that the teacher sees.
         **kwargs: standard `keras.Model` arguments.
 
@@ -95,8 +241,11 @@ class DINO(keras.Model):
     backbone = keras_dino.models.ViTBackbone.from_variant(
         "ViT-S/16", drop_path_rate=0.1)
     model = keras_dino.models.DINO(backbone, out_dim=65536)
-    model.compile(optimizer=keras_dino.optimizers.dino_adamw(
-        batch_size=64, steps_per_epoch=len(dataset), epochs=100))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(clipnorm=3.0),
+        schedule=keras_dino.schedules.DINOSchedule.paper(
+            batch_size=64, steps_per_epoch=len(dataset), epochs=100),
+    )
     model.fit(dataset, epochs=100)
     ```
 
@@ -119,23 +268,30 @@ class DINO(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.out_dim = int(out_dim)
-        self.hidden_dim = int(hidden_dim)
-        self.bottleneck_dim = int(bottleneck_dim)
-        self.head_layers = int(head_layers)
+        feature_dim = _check_backbone(backbone)
+        self.out_dim = _positive_int("out_dim", out_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.bottleneck_dim = _positive_int("bottleneck_dim", bottleneck_dim)
+        self.head_layers = _positive_int("head_layers", head_layers)
         self.use_bn_in_head = bool(use_bn_in_head)
         self.norm_last_layer = bool(norm_last_layer)
         self.student_temperature = float(student_temperature)
-        self.num_global_crops = int(num_global_crops)
+        if not self.student_temperature > 0:
+            raise ValueError(
+                "student_temperature must be > 0, got "
+                f"{student_temperature!r} (the paper uses 0.1)."
+            )
+        self.num_global_crops = _positive_int(
+            "num_global_crops", num_global_crops
+        )
 
-        feature_dim = backbone.output_shape[-1]
         head_args = {
-            "out_dim": out_dim,
-            "hidden_dim": hidden_dim,
-            "bottleneck_dim": bottleneck_dim,
-            "num_layers": head_layers,
-            "use_bn": use_bn_in_head,
-            "norm_last_layer": norm_last_layer,
+            "out_dim": self.out_dim,
+            "hidden_dim": self.hidden_dim,
+            "bottleneck_dim": self.bottleneck_dim,
+            "num_layers": self.head_layers,
+            "use_bn": self.use_bn_in_head,
+            "norm_last_layer": self.norm_last_layer,
             # The heads keep float32 under a mixed-precision policy: their
             # cosine logits are divided by temperatures as low as 0.04.
             "dtype": _head_dtype_policy(self.dtype_policy),
@@ -149,17 +305,13 @@ class DINO(keras.Model):
         self.teacher_head.set_weights(self.student_head.get_weights())
         self.teacher_backbone.trainable = False
         self.teacher_head.trainable = False
+        self._teacher_has_batch_norm = any(
+            [
+                _batch_norm_in_train_mode(self.teacher_backbone),
+                _batch_norm_in_train_mode(self.teacher_head),
+            ]
+        )
         self._ema_pairs()  # Fails early on a student/teacher mismatch.
-
-        def state(name, value, dtype="float32", aggregation="none"):
-            return self.add_weight(
-                shape=(),
-                initializer=keras.initializers.Constant(value),
-                dtype=dtype,
-                trainable=False,
-                aggregation=aggregation,
-                name=name,
-            )
 
         # "mean": under tf.distribute the replicas' updates are averaged,
         # which is the reference's all-reduce of the batch center.
@@ -170,24 +322,26 @@ class DINO(keras.Model):
             aggregation="mean",
             name="center",
         )
-        self.teacher_temperature = state("teacher_temperature", 0.04)
-        self.center_momentum = state("center_momentum", 0.9)
-        self.teacher_momentum_base = state("teacher_momentum_base", 0.996)
-        self.teacher_momentum_final = state("teacher_momentum_final", 1.0)
-        self.teacher_momentum_steps = state(
-            "teacher_momentum_steps", 0, dtype="int32"
+        self.iteration = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="iteration",
         )
         self.teacher_entropy_tracker = keras.metrics.Mean(
             name="teacher_entropy"
         )
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.schedule = None
+        self._frozen_state = []
         self.built = True
 
     # --- forward -------------------------------------------------------
 
-    @staticmethod
-    def _crops(data):
-        """Crops from `crops`, `(crops,)` or `(crops, labels)`."""
+    def _crops(self, data):
+        """Crops from `crops`, `(crops,)` or `(crops, labels)`, checked."""
         if isinstance(data, dict):
             data = data.get("crops", data)
         if isinstance(data, (list, tuple)) and data:
@@ -200,7 +354,14 @@ class DINO(keras.Model):
                 f"{type(data).__name__}. Use keras_dino.data to build a "
                 "multi-crop dataset."
             )
-        return tuple(data)
+        crops = tuple(data)
+        if len(crops) < self.num_global_crops:
+            raise ValueError(
+                f"DINO was built with num_global_crops="
+                f"{self.num_global_crops} but got {len(crops)} crop batches."
+            )
+        _check_crops(crops, self.num_global_crops)
+        return crops
 
     def _backbone_by_resolution(self, backbone, crops, training):
         outputs, start = [], 0
@@ -224,18 +385,28 @@ class DINO(keras.Model):
         )
         return self.student_head(features, training=training)
 
-    def teacher_logits(self, crops):
-        """Teacher logits of the global crops, `(G * batch, K)`."""
+    def teacher_logits(self, crops, training=False):
+        """Teacher logits of the global crops, `(G * batch, K)`.
+
+        With `training=True`, BatchNormalization layers of the teacher (if
+        any) normalise with the batch statistics, as the reference's
+        teacher does during training.
+        """
         crops = self._crops(crops)[: self.num_global_crops]
+        bn_training = bool(training) and self._teacher_has_batch_norm
         features = self._backbone_by_resolution(
-            self.teacher_backbone, crops, False
+            self.teacher_backbone, crops, bn_training
         )
-        # As in the reference, a teacher head with BatchNorm normalises
-        # with the statistics of the batch.
-        logits = self.teacher_head(features, training=self.use_bn_in_head)
+        logits = self.teacher_head(features, training=bn_training)
         return ops.stop_gradient(logits)
 
     # --- loss ----------------------------------------------------------
+
+    def _scheduled(self, name, default):
+        """A schedule value at the current iteration, or the paper's."""
+        if self.schedule is None:
+            return ops.convert_to_tensor(default, "float32")
+        return getattr(self.schedule, f"{name}_at")(self.iteration)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -245,9 +416,9 @@ class DINO(keras.Model):
             y_pred = self(crops, training=training)
         # The loss runs in float32 under a mixed-precision policy.
         y_pred = ops.cast(y_pred, "float32")
-        teacher = ops.cast(self.teacher_logits(crops), "float32")
+        teacher = ops.cast(self.teacher_logits(crops, training), "float32")
         center = ops.convert_to_tensor(self.center)
-        temperature = ops.convert_to_tensor(self.teacher_temperature)
+        temperature = self._scheduled("teacher_temperature", 0.04)
         loss = losses.dino_loss(
             y_pred,
             teacher,
@@ -261,24 +432,11 @@ class DINO(keras.Model):
         self.teacher_entropy_tracker.update_state(entropy)
         self.kl_tracker.update_state(loss - entropy)
         if training:
-            self.center.assign(
-                losses.update_center(center, teacher, self.center_momentum)
-            )
+            momentum = self._scheduled("center_momentum", 0.9)
+            self.center.assign(losses.update_center(center, teacher, momentum))
         return scale_loss_for_replicas(loss)
 
     # --- training step -------------------------------------------------
-
-    def teacher_momentum_at(self, step):
-        """Cosine teacher momentum at an iteration (base while unset)."""
-        base = ops.convert_to_tensor(self.teacher_momentum_base)
-        final = ops.convert_to_tensor(self.teacher_momentum_final)
-        total = ops.cast(self.teacher_momentum_steps, "float32")
-        step = ops.minimum(ops.cast(step, "float32"), total - 1.0)
-        progress = step / ops.maximum(total, 1.0)
-        cosine = final + 0.5 * (base - final) * (
-            1.0 + ops.cos(math.pi * progress)
-        )
-        return ops.where(total > 0, cosine, base)
 
     def _ema_pairs(self):
         """(student, teacher) weight pairs that the EMA updates."""
@@ -286,52 +444,111 @@ class DINO(keras.Model):
             self.student_backbone, self.teacher_backbone
         ) + _ema_pairs(self.student_head, self.teacher_head)
 
-    def _after_optimizer_step(self):
-        """Teacher EMA with the momentum of the step just taken; step logs."""
-        step = self.optimizer.iterations - 1
-        momentum = self.teacher_momentum_at(step)
+    def _before_optimizer_step(self):
+        """Sets the iteration's lr and weight decay; snapshots frozen state.
+
+        Returns the values of the frozen variables and their slots (empty
+        when nothing is ever frozen).
+        """
+        step = self.iteration
+        optimizer = _inner_optimizer(self.optimizer)
+        if self.schedule.learning_rate is not None:
+            optimizer.learning_rate.assign(self.schedule.learning_rate_at(step))
+        if self.schedule.weight_decay is not None and hasattr(
+            optimizer, "scheduled_weight_decay"
+        ):
+            optimizer.scheduled_weight_decay.assign(
+                self.schedule.weight_decay_at(step)
+            )
+        return [ops.copy(v) for v in self._frozen_state]
+
+    def _after_optimizer_step(self, snapshot):
+        """Restores frozen state, runs the teacher EMA, advances the step."""
+        schedule, step = self.schedule, self.iteration
+        if self._frozen_state:
+            frozen = schedule.last_layer_frozen_at(step)
+            for variable, old in zip(self._frozen_state, snapshot):
+                variable.assign(
+                    ops.where(frozen, old, ops.convert_to_tensor(variable))
+                )
+        momentum = schedule.teacher_momentum_at(step)
         for student, teacher in self._ema_pairs():
             m = ops.cast(momentum, teacher.dtype)
             teacher.assign(teacher * m + (1.0 - m) * student)
+        sums = [ops.sum(ops.cast(v, "float32")) for v in self._student_weights]
+        finite = ops.all(ops.isfinite(ops.stack(sums)))
+        optimizer = _inner_optimizer(self.optimizer)
         logs = {
-            "teacher_momentum": momentum,
-            "teacher_temperature": ops.convert_to_tensor(
-                self.teacher_temperature
+            "learning_rate": ops.convert_to_tensor(
+                schedule.learning_rate_at(step)
+                if schedule.learning_rate is not None
+                else optimizer.learning_rate
             ),
+            "teacher_momentum": momentum,
+            "teacher_temperature": schedule.teacher_temperature_at(step),
+            "weights_finite": ops.cast(finite, "float32"),
         }
-        optimizer = self.optimizer
-        if hasattr(optimizer, "learning_rate_at"):
-            logs["learning_rate"] = optimizer.learning_rate_at(step)
-            logs["weight_decay"] = optimizer.weight_decay_at(step)
+        if schedule.weight_decay is not None:
+            logs["weight_decay"] = schedule.weight_decay_at(step)
+        elif optimizer.weight_decay is not None:
+            logs["weight_decay"] = ops.convert_to_tensor(
+                optimizer.weight_decay, "float32"
+            )
+        if hasattr(self.optimizer, "dynamic_scale"):
+            logs["loss_scale"] = ops.convert_to_tensor(
+                self.optimizer.dynamic_scale
+            )
+        self.iteration.assign_add(1)
         return logs
 
+    def _state_variables(self):
+        return (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.optimizer.variables,
+        )
+
+    def _run_stateless(self, state, function, *args):
+        """Runs `function` on JAX state; returns `(result, new state)`."""
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        variables = self._state_variables()
+        mapping = []
+        for group, values in zip(
+            variables, (trainable, non_trainable, optimizer_vars)
+        ):
+            mapping.extend(zip(group, values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            result = function(*args)
+        new = [[scope.get_current_value(v) for v in g] for g in variables]
+        return result, (*new, metrics_vars)
+
     def train_step(self, *args):
+        if self.schedule is None:
+            raise ValueError(_NO_SCHEDULE)
         backend = keras.backend.backend()
         if backend == "jax":
             state, data = args
-            logs, state = super().train_step(state, (self._crops(data),))
-            trainable, non_trainable, optimizer_vars, metrics_vars = state
-            mapping = (
-                list(zip(self.trainable_variables, trainable))
-                + list(zip(self.non_trainable_variables, non_trainable))
-                + list(zip(self.optimizer.variables, optimizer_vars))
+            snapshot, state = self._run_stateless(
+                state, self._before_optimizer_step
             )
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                extra = self._after_optimizer_step()
-            non_trainable = [
-                scope.get_current_value(v) for v in self.non_trainable_variables
-            ]
-            state = (trainable, non_trainable, optimizer_vars, metrics_vars)
+            logs, state = super().train_step(state, (self._crops(data),))
+            extra, state = self._run_stateless(
+                state, self._after_optimizer_step, snapshot
+            )
             return {**logs, **extra}, state
         (data,) = args
-        logs = super().train_step((self._crops(data),))
         if backend == "torch":
             import torch
 
             with torch.no_grad():
-                extra = self._after_optimizer_step()
+                snapshot = self._before_optimizer_step()
+            logs = super().train_step((self._crops(data),))
+            with torch.no_grad():
+                extra = self._after_optimizer_step(snapshot)
         else:
-            extra = self._after_optimizer_step()
+            snapshot = self._before_optimizer_step()
+            logs = super().train_step((self._crops(data),))
+            extra = self._after_optimizer_step(snapshot)
         return {**logs, **extra}
 
     def test_step(self, *args):
@@ -343,43 +560,79 @@ class DINO(keras.Model):
 
     # --- compile / fit -------------------------------------------------
 
-    def compile(self, optimizer=None, **kwargs):
-        """Configures training; `optimizer` is required.
+    def compile(self, optimizer=None, schedule=None, **kwargs):
+        """Configures training with any Keras optimizer and the run schedule.
 
-        Use `keras_dino.optimizers.dino_adamw(batch_size, steps_per_epoch,
-        epochs)` for the paper's optimiser. The head's last layer is
-        registered with the optimiser so that it rests during the
-        first `freeze_last_layer_epochs`.
+        Args:
+            optimizer: a `keras.optimizers.Optimizer` instance: a stock one
+                (`keras.optimizers.AdamW(clipnorm=3.0)`, `SGD`, a
+                `LossScaleOptimizer`) or keras_dino's exact reference
+                optimizers (`DINOAdamW`, `DINOSGD`, `LARS`).
+            schedule: a `keras_dino.schedules.DINOSchedule` for the whole
+                run, e.g. `DINOSchedule.paper(batch_size, steps_per_epoch,
+                epochs)`.
+            **kwargs: other `keras.Model.compile` arguments (no `loss`).
         """
         if optimizer is None or isinstance(optimizer, str):
             raise ValueError(
-                "DINO.compile needs an optimizer instance; use "
-                "keras_dino.optimizers.dino_adamw(batch_size=..., "
-                "steps_per_epoch=..., epochs=...) for the paper's AdamW."
+                "DINO.compile needs an optimizer instance, e.g. "
+                "keras_dino.optimizers.DINOAdamW() (the reference's AdamW) "
+                "or keras.optimizers.AdamW(clipnorm=3.0)."
             )
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not isinstance(schedule, DINOSchedule):
+            raise ValueError(_NO_SCHEDULE)
         if kwargs.get("loss") is not None:
             raise ValueError(
                 "DINO computes its own loss; do not pass `loss` to compile."
             )
         kwargs.pop("loss", None)
+        _check_optimizer_fits_schedule(_inner_optimizer(optimizer), schedule)
         super().compile(optimizer=optimizer, **kwargs)
-        if hasattr(optimizer, "freeze_variables"):
-            optimizer.freeze_variables(
-                [
+        self.schedule = schedule
+        inner = _inner_optimizer(self.optimizer)
+        if schedule.weight_decay is not None and inner.weight_decay:
+            # A stock optimizer's constant decay: the reference's exclusions.
+            inner.exclude_from_weight_decay(
+                var_list=[
                     v
-                    for v in self.student_head.last_layer_variables
-                    if v.trainable
+                    for v in self.trainable_variables
+                    if len(v.shape) <= 1 or v.name.endswith("bias")
                 ]
             )
+        self.optimizer.build(self.trainable_variables)
+        self._student_weights = [
+            w for w in self.student_backbone.weights if w.trainable
+        ] + [w for w in self.student_head.weights if w.trainable]
+        frozen = []
+        if schedule.freeze_last_layer_epochs > 0:
+            frozen = [
+                v for v in self.student_head.last_layer_variables if v.trainable
+            ]
+        self._frozen_state = frozen + _slots_of(self.optimizer, frozen)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self.schedule is not None:
+            config["schedule"] = keras.saving.serialize_keras_object(
+                self.schedule
+            )
+        return config
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit` plus the DINO schedule callbacks' defaults."""
+        """`keras.Model.fit` with a run-state check and a NaN guard.
+
+        The run state (iteration, schedules, optimizer) continues from the
+        model: calling `fit` again, with `initial_epoch`, after
+        `BackupAndRestore` or on a reloaded `.keras` model continues the
+        run. `fit` refuses an `initial_epoch` or a `steps_per_epoch` that
+        disagree with the model's iteration and its schedule.
+        """
         from keras_dino.callbacks import with_default_callbacks
 
         return super().fit(
@@ -396,9 +649,10 @@ class DINO(keras.Model):
         from a reference `checkpoint.pth` (or a preset name / URL), so that
         training can continue from it. See `keras_dino.weights.load_dino`.
         """
-        from keras_dino.weights.presets import load_dino
+        from keras_dino.models.presets import get_preset_loader
 
-        return load_dino(preset, load_weights=load_weights, **kwargs)
+        loader = get_preset_loader("dino")
+        return loader(preset, load_weights=load_weights, **kwargs)
 
     # --- serialisation -------------------------------------------------
 
