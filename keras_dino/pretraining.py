@@ -5,19 +5,21 @@ the same from Python. Configurations use the reference's flag names (see
 `keras_dino.configs`).
 """
 
+import json
 import os
 
 import keras
 
-from keras_dino import callbacks as dino_callbacks
 from keras_dino.checkpointing import EpochCheckpoint
 from keras_dino.checkpointing import latest_checkpoint
 from keras_dino.configs import ARCHS
 from keras_dino.models.dino import DINO
 from keras_dino.models.vit_backbone import ViTBackbone
-from keras_dino.optimizers import dino_adamw
+from keras_dino.schedules import DINOSchedule
 
-DTYPE_POLICIES = ("float32", "mixed_bfloat16", "auto")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+OPTIMIZERS = ("adamw", "sgd", "lars")
+RUN_CONFIG = "config.json"
 
 
 def _cpu_has_bfloat16_units():
@@ -39,12 +41,14 @@ def resolve_dtype_policy(name):
     the backbones in bfloat16 with float32 weights; the heads, the loss,
     the center and the teacher EMA stay in float32, as the reference's
     `--use_fp16` keeps its loss and weights in float32.
+    `"mixed_float16"` (the reference's `--use_fp16` on GPUs) adds dynamic
+    loss scaling: `DINO.compile` wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer`, which skips a step with
+    non-finite gradients and lowers the scale, as PyTorch's GradScaler.
     """
     if name not in DTYPE_POLICIES:
         raise ValueError(
-            f"Unknown dtype_policy {name!r}; choose one of {DTYPE_POLICIES}. "
-            "(mixed_float16 needs loss scaling, which DINO does not wire "
-            "in; use mixed_bfloat16.)"
+            f"Unknown dtype_policy {name!r}; choose one of {DTYPE_POLICIES}."
         )
     if name == "auto":
         return "mixed_bfloat16" if _cpu_has_bfloat16_units() else "float32"
@@ -91,42 +95,53 @@ def build_dino(config):
     )
 
 
-def build_optimizer(config, steps_per_epoch):
-    """The reference AdamW with the configuration's schedules."""
-    if config.get("optimizer", "adamw") != "adamw":
-        raise ValueError(
-            f"Only optimizer='adamw' is implemented, got "
-            f"{config['optimizer']!r}."
-        )
-    return dino_adamw(
-        batch_size=config["batch_size"],
+def build_optimizer(config):
+    """The reference's optimizer of a configuration (`optimizer` key).
+
+    `adamw`: PyTorch's AdamW (`DINOAdamW`); `sgd`: PyTorch's SGD with
+    momentum 0.9 (`DINOSGD`); `lars`: the reference's LARS. Each clips
+    every variable's gradient at `clip_grad` (0 turns clipping off); the
+    `DINOSchedule` sets learning rate and weight decay every iteration.
+    """
+    from keras_dino import optimizers
+
+    name = config.get("optimizer", "adamw")
+    clip = config["clip_grad"] or None
+    if name == "adamw":
+        return optimizers.DINOAdamW(clip_norm=clip)
+    if name == "sgd":
+        return optimizers.DINOSGD(momentum=0.9, clip_norm=clip)
+    if name == "lars":
+        return optimizers.LARS(clip_norm=clip)
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+
+
+def build_schedule(config, steps_per_epoch):
+    """The `DINOSchedule` of a configuration, as the reference builds it.
+
+    Learning rate `lr * batch_size / 256` with `warmup_epochs` of linear
+    warm-up then cosine to `min_lr`; weight decay cosine `weight_decay`
+    -> `weight_decay_end`; teacher momentum cosine `momentum_teacher` ->
+    1; teacher temperature `warmup_teacher_temp` -> `teacher_temp` over
+    `warmup_teacher_temp_epochs`; `center_momentum`; the last layer frozen
+    for `freeze_last_layer` epochs.
+    """
+    return DINOSchedule(
         steps_per_epoch=steps_per_epoch,
         epochs=config["epochs"],
-        base_learning_rate=config["lr"],
+        learning_rate=config["lr"] * config["batch_size"] / 256.0,
         min_learning_rate=config["min_lr"],
         warmup_epochs=config["warmup_epochs"],
         weight_decay=config["weight_decay"],
         weight_decay_end=config["weight_decay_end"],
-        clip_norm=config["clip_grad"] or None,
+        teacher_momentum=config["momentum_teacher"],
+        teacher_momentum_end=1.0,
+        teacher_temperature=config["teacher_temp"],
+        warmup_teacher_temperature=config["warmup_teacher_temp"],
+        warmup_teacher_temperature_epochs=config["warmup_teacher_temp_epochs"],
+        center_momentum=config["center_momentum"],
         freeze_last_layer_epochs=config["freeze_last_layer"],
     )
-
-
-def schedule_callbacks(config):
-    """The DINO schedule callbacks of a configuration."""
-    return [
-        dino_callbacks.TeacherMomentumSchedule(
-            config["momentum_teacher"], epochs=config["epochs"]
-        ),
-        dino_callbacks.TeacherTemperatureSchedule(
-            value=config["teacher_temp"],
-            warmup_value=config["warmup_teacher_temp"],
-            warmup_epochs=config["warmup_teacher_temp_epochs"],
-            epochs=config["epochs"],
-        ),
-        dino_callbacks.CenterMomentum(config["center_momentum"]),
-        dino_callbacks.FreezeLastLayer(config["freeze_last_layer"]),
-    ]
 
 
 def multi_crop_augmentation(config):
@@ -146,6 +161,40 @@ def multi_crop_augmentation(config):
     )
 
 
+class EpochStream:
+    """A multi-crop input stream whose epoch `e` depends only on `(seed, e)`.
+
+    Epoch `e` shuffles and augments with seeds derived from `seed` and `e`,
+    so a run resumed at epoch `e` sees exactly the data that an
+    uninterrupted run would have seen next (not the first epoch's again).
+
+    Args:
+        make_epoch: callable `seed -> tf.data.Dataset` of one epoch of
+            batches; `seed` is an int64 scalar tensor.
+        seed: int, the run's seed.
+    """
+
+    def __init__(self, make_epoch, seed=0):
+        self.make_epoch = make_epoch
+        self.seed = int(seed or 0)
+
+    def dataset(self, steps_per_epoch, initial_epoch=0):
+        """Infinite dataset: `steps_per_epoch` batches per epoch, from
+        `initial_epoch` on."""
+        import tensorflow as tf
+
+        steps = int(steps_per_epoch)
+        seed = self.seed
+
+        def one_epoch(epoch):
+            epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+            return self.make_epoch(epoch_seed).repeat().take(steps)
+
+        return tf.data.Dataset.range(int(initial_epoch), 1 << 40).flat_map(
+            one_epoch
+        )
+
+
 def pretraining_dataset(
     augmentation,
     batch_size,
@@ -159,14 +208,14 @@ def pretraining_dataset(
     seed=0,
     bad_file_report=None,
 ):
-    """A repeated multi-crop dataset from one source, and its image count.
+    """A multi-crop `EpochStream` from one source, and its image count.
 
     Exactly one of `image_folder`, `tfds_name` and `npz_paths` is given.
-    The dataset repeats forever, so `fit` needs `steps_per_epoch` (e.g.
-    `steps_for(num_images, batch_size)`).
+    `pretrain` turns the stream into a dataset that starts at the run's
+    next epoch; `stream.dataset(steps_per_epoch)` gives one for `fit`.
 
     Returns:
-        `(dataset, num_images)`.
+        `(stream, num_images)`.
     """
     from keras_dino import data
 
@@ -175,41 +224,69 @@ def pretraining_dataset(
         raise ValueError(
             "Give exactly one of image_folder, tfds_name or npz_paths."
         )
-    common = {"batch_size": batch_size, "seed": seed}
     if npz_paths is not None:
         images, labels = data.load_npz(npz_paths)
         if max_images:
             images, labels = images[:max_images], labels[:max_images]
-        dataset = data.from_arrays(images, labels, augmentation, **common)
         num_images = len(images)
+
+        def make_epoch(epoch_seed):
+            return data.from_arrays(
+                images,
+                labels,
+                augmentation,
+                batch_size=batch_size,
+                seed=epoch_seed,
+            )
+
     elif image_folder is not None:
         files = data.list_image_files(image_folder)[0]
         num_images = (
             len(files) if not max_images else min(len(files), max_images)
         )
-        dataset = data.from_image_folder(
-            image_folder,
-            augmentation,
-            bad_file_report=bad_file_report,
-            **common,
-        )
+
+        def make_epoch(epoch_seed):
+            dataset = data.from_image_folder(
+                image_folder,
+                augmentation,
+                batch_size=batch_size,
+                seed=epoch_seed,
+                bad_file_report=bad_file_report,
+            )
+            if max_images:
+                dataset = dataset.take(max_images // batch_size)
+            return dataset
+
     else:
-        dataset = data.from_tfds(
+        probe = data.from_tfds(
             tfds_name,
             augmentation,
             split=tfds_split,
             data_dir=tfds_data_dir,
-            **common,
+            batch_size=batch_size,
+            seed=seed,
         )
-        num_images = int(dataset.cardinality()) * batch_size
+        num_images = int(probe.cardinality()) * batch_size
         if num_images <= 0:
             raise ValueError(
                 f"Cannot tell the size of TFDS {tfds_name!r}; give "
                 "steps_per_epoch explicitly."
             )
-    if max_images and npz_paths is None:
-        dataset = dataset.take(max_images // batch_size)
-    return dataset.repeat(), num_images
+
+        def make_epoch(epoch_seed):
+            dataset = data.from_tfds(
+                tfds_name,
+                augmentation,
+                split=tfds_split,
+                data_dir=tfds_data_dir,
+                batch_size=batch_size,
+                seed=epoch_seed,
+            )
+            if max_images:
+                dataset = dataset.take(max_images // batch_size)
+            return dataset
+
+    return EpochStream(make_epoch, seed), num_images
 
 
 def default_strategy():
@@ -249,6 +326,84 @@ def logging_callbacks(output_dir):
     return result
 
 
+def _atomic_save(model, path):
+    """`model.save(path)` through a synced temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp_{os.path.basename(path)}")
+    model.save(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _comparable(config):
+    """JSON form of a configuration (tuples become lists)."""
+    return json.loads(json.dumps(config, sort_keys=True))
+
+
+def check_run_config(output_dir, config, steps_per_epoch):
+    """Stores a run's configuration, or checks a resumed run against it.
+
+    The first call in `output_dir` writes `config.json` (the resolved
+    configuration and `steps_per_epoch`). A later call, when the run
+    resumes, refuses any difference: every value shapes the schedules,
+    the model or the input stream, and applying a change half-way would
+    give a run that no uninterrupted run matches.
+
+    Raises:
+        ValueError: naming each changed value, its stored and its new
+            value, and how to start a new run.
+    """
+    current = _comparable(dict(config, steps_per_epoch=int(steps_per_epoch)))
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        text = json.dumps(current, indent=2, sort_keys=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return current
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path} cannot be read ({e}); it records the run's "
+            "configuration. Restore it, or start a new run in another "
+            "--output_dir."
+        ) from e
+    changed = [
+        f"  {key}: {stored.get(key, '<absent>')!r} -> "
+        f"{current.get(key, '<absent>')!r}"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"{output_dir} holds a run started with another configuration; "
+            "resuming it with these changes would not match any "
+            "uninterrupted run:\n"
+            + "\n".join(changed)
+            + f"\nRerun with the stored values ({path}) to resume, or give "
+            "a new --output_dir to start a new run with the new values."
+        )
+    return stored
+
+
 def pretrain(
     config,
     dataset,
@@ -261,16 +416,22 @@ def pretrain(
 ):
     """Trains DINO, checkpointing every epoch and resuming if possible.
 
-    When `output_dir/checkpoints` holds a complete checkpoint, the model
-    (weights, teacher, center, optimizer state and iteration count) is
-    loaded from it and training continues at the next epoch with the same
-    schedules. The teacher backbone is saved before training as
-    `output_dir/initial_backbone.keras` (random weights) and at the end as
-    `output_dir/teacher_backbone.keras`.
+    A new run stores its configuration in `output_dir/config.json`. When
+    `output_dir/checkpoints` holds a complete checkpoint, the run resumes
+    from it: the model (weights, teacher, center, iteration counter,
+    optimizer state and schedule) is loaded, the configuration must equal
+    the stored one (`check_run_config` names every difference), and the
+    input stream starts at the next epoch. The teacher backbone is saved
+    (atomically) before training as `output_dir/initial_backbone.keras`
+    (random weights) and at the end as `output_dir/teacher_backbone.keras`.
+    No checkpoint is written after a step with a non-finite loss or weight
+    (`NonFiniteLossGuard`), so a resume starts from the last finite one.
 
     Args:
         config: a configuration dict (`keras_dino.configs.get_config`).
-        dataset: an infinite (repeated) multi-crop dataset.
+        dataset: an `EpochStream` (from `pretraining_dataset`), or an
+            infinite multi-crop `tf.data.Dataset` used as it is (a resumed
+            run then does not see the data of its next epoch).
         steps_per_epoch: int, iterations per epoch.
         output_dir: folder for checkpoints, logs and the final backbone.
         extra_callbacks: callbacks run before the checkpoint and loggers
@@ -286,6 +447,7 @@ def pretrain(
         `(model, history)`.
     """
     os.makedirs(output_dir, exist_ok=True)
+    check_run_config(output_dir, config, steps_per_epoch)
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     latest = latest_checkpoint(ckpt_dir)
     scope = strategy.scope() if strategy is not None else _null_scope()
@@ -301,14 +463,20 @@ def pretrain(
             if config.get("seed") is not None:
                 keras.utils.set_random_seed(int(config["seed"]))
             model = build_dino(config)
-            model.compile(optimizer=build_optimizer(config, steps_per_epoch))
+            model.compile(
+                optimizer=build_optimizer(config),
+                schedule=build_schedule(config, steps_per_epoch),
+            )
             # The starting point, for comparisons with random weights.
-            model.teacher_backbone.save(
-                os.path.join(output_dir, "initial_backbone.keras")
+            _atomic_save(
+                model.teacher_backbone,
+                os.path.join(output_dir, "initial_backbone.keras"),
             )
     last_epoch = config["epochs"]
     if stop_after_epochs:
         last_epoch = min(last_epoch, int(stop_after_epochs))
+    if isinstance(dataset, EpochStream):
+        dataset = dataset.dataset(steps_per_epoch, initial_epoch)
     if initial_epoch >= last_epoch:
         print(f"{initial_epoch} of {config['epochs']} epochs are done.")
         history = None
@@ -318,16 +486,16 @@ def pretrain(
             epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
-            callbacks=schedule_callbacks(config)
-            + list(extra_callbacks)
+            callbacks=list(extra_callbacks)
             + [EpochCheckpoint(ckpt_dir)]
             + logging_callbacks(output_dir),
             verbose=verbose,
             shuffle=False,
         )
     if last_epoch == config["epochs"]:
-        model.teacher_backbone.save(
-            os.path.join(output_dir, "teacher_backbone.keras")
+        _atomic_save(
+            model.teacher_backbone,
+            os.path.join(output_dir, "teacher_backbone.keras"),
         )
     return model, history
 
@@ -351,13 +519,15 @@ def steps_for(num_images, batch_size):
 
 
 __all__ = [
+    "EpochStream",
     "build_backbone",
     "build_dino",
     "build_optimizer",
+    "build_schedule",
+    "check_run_config",
     "default_strategy",
     "pretraining_dataset",
     "multi_crop_augmentation",
     "pretrain",
-    "schedule_callbacks",
     "steps_for",
 ]

@@ -158,7 +158,8 @@ class DINOSchedule:
         learning_rate: float, the peak learning rate (already scaled by
             the batch size; see `DINOSchedule.paper`), or `None`.
         min_learning_rate: float, the value the cosine tends to.
-        warmup_epochs: int, epochs of linear learning-rate warm-up.
+        warmup_epochs: int, epochs of linear learning-rate warm-up
+            (default: the paper's 10, or the whole run if shorter).
         weight_decay: float or `None`, weight decay at iteration 0.
         weight_decay_end: float, the value the weight-decay cosine tends
             to (default: `weight_decay`, i.e. constant).
@@ -185,7 +186,7 @@ class DINOSchedule:
         epochs,
         learning_rate=5e-4,
         min_learning_rate=1e-6,
-        warmup_epochs=10,
+        warmup_epochs=None,
         weight_decay=0.04,
         weight_decay_end=None,
         teacher_momentum=0.996,
@@ -201,6 +202,8 @@ class DINOSchedule:
         )
         self.epochs = _check_positive_int("epochs", epochs)
         total = self.steps_per_epoch * self.epochs
+        if warmup_epochs is None:
+            warmup_epochs = min(10, self.epochs)
         self.warmup_epochs = int(warmup_epochs)
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(
@@ -316,7 +319,6 @@ class DINOSchedule:
             "learning_rate": base * batch_size / 256.0,
             "weight_decay": 0.04,
             "weight_decay_end": 0.4,
-            "warmup_epochs": min(10, int(epochs)),
         }
         values.update(overrides)
         return cls(steps_per_epoch, epochs, **values)

@@ -50,46 +50,140 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line.")
 
+# Each override: (DEFINE function, extra args, help). The help names the
+# unit; the effective default is the chosen --config's value, printed by
+# the recipe at start.
 _OVERRIDES = {
-    "arch": (flags.DEFINE_enum, ["vit_tiny", "vit_small", "vit_base"]),
-    "patch_size": (flags.DEFINE_integer,),
-    "depth": (flags.DEFINE_integer,),
-    "embed_dim": (flags.DEFINE_integer,),
-    "num_heads": (flags.DEFINE_integer,),
-    "mlp_ratio": (flags.DEFINE_float,),
-    "image_size": (flags.DEFINE_integer,),
-    "local_crop_size": (flags.DEFINE_integer,),
-    "out_dim": (flags.DEFINE_integer,),
-    "head_hidden_dim": (flags.DEFINE_integer,),
-    "head_bottleneck_dim": (flags.DEFINE_integer,),
-    "norm_last_layer": (flags.DEFINE_bool,),
-    "use_bn_in_head": (flags.DEFINE_bool,),
-    "momentum_teacher": (flags.DEFINE_float,),
-    "warmup_teacher_temp": (flags.DEFINE_float,),
-    "teacher_temp": (flags.DEFINE_float,),
-    "warmup_teacher_temp_epochs": (flags.DEFINE_integer,),
-    "weight_decay": (flags.DEFINE_float,),
-    "weight_decay_end": (flags.DEFINE_float,),
-    "clip_grad": (flags.DEFINE_float,),
-    "batch_size": (flags.DEFINE_integer,),
-    "epochs": (flags.DEFINE_integer,),
-    "freeze_last_layer": (flags.DEFINE_integer,),
-    "lr": (flags.DEFINE_float,),
-    "warmup_epochs": (flags.DEFINE_integer,),
-    "min_lr": (flags.DEFINE_float,),
-    "optimizer": (flags.DEFINE_enum, ["adamw"]),
-    "drop_path_rate": (flags.DEFINE_float,),
-    "global_crops_scale": (flags.DEFINE_list,),
-    "local_crops_number": (flags.DEFINE_integer,),
-    "local_crops_scale": (flags.DEFINE_list,),
-    "seed": (flags.DEFINE_integer,),
+    "arch": (
+        flags.DEFINE_enum,
+        ["vit_tiny", "vit_small", "vit_base"],
+        "Backbone architecture, as the reference's --arch.",
+    ),
+    "patch_size": (flags.DEFINE_integer, [], "ViT patch size in pixels."),
+    "depth": (flags.DEFINE_integer, [], "Number of transformer blocks."),
+    "embed_dim": (flags.DEFINE_integer, [], "Token width (channels)."),
+    "num_heads": (flags.DEFINE_integer, [], "Attention heads per block."),
+    "mlp_ratio": (flags.DEFINE_float, [], "MLP width / token width."),
+    "image_size": (flags.DEFINE_integer, [], "Global crop size in pixels."),
+    "local_crop_size": (flags.DEFINE_integer, [], "Local crop size (px)."),
+    "out_dim": (flags.DEFINE_integer, [], "Prototypes K of the DINO head."),
+    "head_hidden_dim": (flags.DEFINE_integer, [], "Head MLP width."),
+    "head_bottleneck_dim": (flags.DEFINE_integer, [], "Head bottleneck."),
+    "norm_last_layer": (
+        flags.DEFINE_bool,
+        [],
+        "Fix the weight-norm gain of the head's last layer at 1.",
+    ),
+    "use_bn_in_head": (
+        flags.DEFINE_bool,
+        [],
+        "BatchNormalization in the head MLP.",
+    ),
+    "momentum_teacher": (
+        flags.DEFINE_float,
+        [],
+        "Teacher EMA momentum at step 0 (cosine to 1 over the run).",
+    ),
+    "warmup_teacher_temp": (
+        flags.DEFINE_float,
+        [],
+        "Teacher temperature at epoch 0.",
+    ),
+    "teacher_temp": (
+        flags.DEFINE_float,
+        [],
+        "Teacher temperature after the warm-up.",
+    ),
+    "warmup_teacher_temp_epochs": (
+        flags.DEFINE_integer,
+        [],
+        "Epochs of linear teacher-temperature warm-up.",
+    ),
+    "weight_decay": (flags.DEFINE_float, [], "Weight decay at step 0."),
+    "weight_decay_end": (
+        flags.DEFINE_float,
+        [],
+        "Weight decay the cosine tends to at the end of the run.",
+    ),
+    "clip_grad": (
+        flags.DEFINE_float,
+        [],
+        "Per-variable gradient-norm clip; 0 turns clipping off.",
+    ),
+    "batch_size": (
+        flags.DEFINE_integer,
+        [],
+        "Global batch size in images (the learning rate scales with it).",
+    ),
+    "epochs": (flags.DEFINE_integer, [], "Epochs of the whole run."),
+    "freeze_last_layer": (
+        flags.DEFINE_integer,
+        [],
+        "Epochs during which the head's last layer is not updated.",
+    ),
+    "lr": (
+        flags.DEFINE_float,
+        [],
+        "Peak learning rate per 256 images (times batch_size / 256).",
+    ),
+    "warmup_epochs": (
+        flags.DEFINE_integer,
+        [],
+        "Epochs of linear learning-rate warm-up from 0.",
+    ),
+    "min_lr": (
+        flags.DEFINE_float,
+        [],
+        "Learning rate the cosine tends to at the end of the run.",
+    ),
+    "optimizer": (
+        flags.DEFINE_enum,
+        ["adamw", "sgd", "lars"],
+        "adamw (PyTorch's AdamW), sgd (momentum 0.9) or lars, as the "
+        "reference.",
+    ),
+    "drop_path_rate": (
+        flags.DEFINE_float,
+        [],
+        "Stochastic depth rate of the student.",
+    ),
+    "global_crops_scale": (
+        flags.DEFINE_list,
+        [],
+        "Area range of global crops, as fractions of the image: min,max.",
+    ),
+    "local_crops_number": (
+        flags.DEFINE_integer,
+        [],
+        "Local crops per image.",
+    ),
+    "local_crops_scale": (
+        flags.DEFINE_list,
+        [],
+        "Area range of local crops, as fractions of the image: min,max.",
+    ),
+    "seed": (
+        flags.DEFINE_integer,
+        [],
+        "Seed of the initial weights, shuffling and augmentation.",
+    ),
     "dtype_policy": (
         flags.DEFINE_enum,
-        ["float32", "mixed_bfloat16", "auto"],
+        ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+        "float32; mixed_bfloat16; mixed_float16 (dynamic loss scaling, "
+        "the reference's --use_fp16); auto (bfloat16 where the CPU has "
+        "bfloat16 matrix units).",
     ),
 }
-for _name, (_define, *_extra) in _OVERRIDES.items():
-    _define(_name, None, *_extra, f"Overrides the configuration's {_name}.")
+for _name, (_define, _extra, _help) in _OVERRIDES.items():
+    _default = configs.CONFIGS["imagenet_vits16"].get(_name)
+    _define(
+        _name,
+        None,
+        *_extra,
+        f"{_help} Default: the --config's value ({_default} in "
+        "imagenet_vits16).",
+    )
 
 
 def config_from_flags():

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from keras_dino.optimizers import DINOAdamW
-from keras_dino.optimizers import dino_adamw
 from keras_dino.schedules import CosineSchedule
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
@@ -68,24 +67,23 @@ def _grads(variables, step, scale=1.0):
     }
 
 
-def _run(optimizer, variables, steps, scale=1.0, clip=None, frozen=()):
-    lr_s = optimizer._learning_rate
-    wd_s = optimizer.weight_decay_schedule
+def _run(optimizer, variables, steps, scale=1.0, clip=None, lr=None, wd=None):
+    """Steps with per-step lr and weight decay set as DINO sets them."""
+    lr = lr or (lambda step: 0.01)
+    wd = wd or (lambda step: 0.0)
     ref = {
         k: NumpyAdamW(keras.ops.convert_to_numpy(v), k in DECAYED, clip=clip)
         for k, v in variables.items()
     }
     names = list(variables)
+    optimizer.build([variables[k] for k in names])
     for step in range(steps):
         grads = _grads(variables, step, scale)
+        optimizer.learning_rate.assign(lr(step))
+        optimizer.scheduled_weight_decay.assign(wd(step))
         optimizer.apply_gradients([(grads[k], variables[k]) for k in names])
-        lr = lr_s(step) if callable(lr_s) else lr_s
-        lr = float(keras.ops.convert_to_numpy(lr))
-        wd = float(wd_s(step) if callable(wd_s) else wd_s)
         for k in names:
-            if k in frozen and step < optimizer._initial_frozen_steps:
-                continue
-            ref[k].step(grads[k], lr, wd)
+            ref[k].step(grads[k], float(np.float32(lr(step))), wd(step))
     return ref
 
 
@@ -96,14 +94,12 @@ def _assert_close(variables, ref, atol=2e-6):
         )
 
 
-def test_matches_torch_adamw_with_schedules():
+def test_matches_torch_adamw_with_changing_lr_and_decay():
     variables = _variables()
-    optimizer = DINOAdamW(
-        learning_rate=CosineSchedule(0.05, 1e-3, 6, warmup_steps=2),
-        weight_decay=CosineSchedule(0.5, 4.0, 6),
-        clip_norm=None,
-    )
-    ref = _run(optimizer, variables, steps=6)
+    optimizer = DINOAdamW(learning_rate=0.0, clip_norm=None)
+    lr = CosineSchedule(0.05, 1e-3, 6, warmup_steps=2)
+    wd = CosineSchedule(0.5, 4.0, 6)
+    ref = _run(optimizer, variables, steps=6, lr=lr, wd=wd)
     _assert_close(variables, ref)
 
 
@@ -129,6 +125,7 @@ def test_per_variable_clipping():
     # factor clip / (norm + 1e-6).
     optimizer = DINOAdamW(learning_rate=0.01, weight_decay=0.0, clip_norm=0.5)
     ref = _run(optimizer, variables, steps=3, scale=5.0, clip=0.5)
+    assert optimizer.clip_norm == 0.5
     _assert_close(variables, ref)
 
 
@@ -150,89 +147,49 @@ def test_clipping_is_per_variable_not_global():
         np.testing.assert_allclose(m, expected, rtol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("frozen_steps", [0, 2])
-def test_frozen_variables_rest_then_restart_adam(frozen_steps):
+@pytest.mark.parametrize("rest_steps", [0, 2])
+def test_step_count_is_per_variable(rest_steps):
+    # A variable left out of the first updates (as DINO's frozen last
+    # layer) starts its bias correction at 1 when it joins, as PyTorch's
+    # per-parameter `step`; the others continue theirs.
     variables = _variables()
     before = {k: keras.ops.convert_to_numpy(v) for k, v in variables.items()}
-    optimizer = DINOAdamW(
-        learning_rate=CosineSchedule(0.05, 1e-3, 5, warmup_steps=1),
-        weight_decay=CosineSchedule(0.5, 1.0, 5),
-        clip_norm=3.0,
-        frozen_steps=frozen_steps,
-    )
-    frozen = ("kernel", "cls_token")
-    optimizer.freeze_variables([variables[k] for k in frozen])
+    optimizer = DINOAdamW(learning_rate=0.05, weight_decay=0.5, clip_norm=3.0)
     names = list(variables)
-    for step in range(frozen_steps):
+    optimizer.build([variables[k] for k in names])
+    resting = ("kernel", "cls_token")
+    active = [k for k in names if k not in resting]
+    for step in range(rest_steps):
         grads = _grads(variables, 50 + step)
-        optimizer.apply_gradients([(grads[k], variables[k]) for k in names])
-        for k in frozen:  # untouched: no step, no decay
-            np.testing.assert_array_equal(
-                keras.ops.convert_to_numpy(variables[k]), before[k]
-            )
-            index = optimizer._get_variable_index(variables[k])
-            assert not np.any(
-                keras.ops.convert_to_numpy(optimizer._momentums[index])
-            )
-    # From now on the frozen variables follow a fresh AdamW whose step
-    # count starts at 1, while the others continue theirs.
-    thawed = {k: NumpyAdamW(before[k], k in DECAYED, clip=3.0) for k in frozen}
-    steps = 2
-    for step in range(frozen_steps, frozen_steps + steps):
+        optimizer.apply_gradients([(grads[k], variables[k]) for k in active])
+    for k in resting:
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variables[k]), before[k]
+        )
+    thawed = {k: NumpyAdamW(before[k], True, clip=3.0) for k in resting}
+    for step in range(2):
         grads = _grads(variables, step)
         optimizer.apply_gradients([(grads[k], variables[k]) for k in names])
-        lr = optimizer._learning_rate(step)
-        wd = optimizer.weight_decay_schedule(step)
-        for k in frozen:
-            thawed[k].step(grads[k], lr, wd)
-    for k in frozen:
+        for k in resting:
+            thawed[k].step(grads[k], 0.05, 0.5)
+    for k in resting:
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(variables[k]),
             thawed[k].p,
             atol=2e-6,
             err_msg=k,
         )
-    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == (
-        frozen_steps + steps
+        index = optimizer._get_variable_index(variables[k])
+        assert float(keras.ops.convert_to_numpy(optimizer._steps[index])) == 2
+    index = optimizer._get_variable_index(variables["bias"])
+    assert float(keras.ops.convert_to_numpy(optimizer._steps[index])) == (
+        rest_steps + 2
     )
 
 
-def test_dino_adamw_factory():
-    optimizer = dino_adamw(
-        batch_size=512,
-        steps_per_epoch=10,
-        epochs=20,
-        base_learning_rate=5e-4,
-        min_learning_rate=1e-6,
-        warmup_epochs=3,
-        weight_decay=0.04,
-        weight_decay_end=0.4,
-        clip_norm=3.0,
-        freeze_last_layer_epochs=2,
-    )
-    assert isinstance(optimizer, DINOAdamW)
-    lr = optimizer._learning_rate.numpy()
-    wd = optimizer.weight_decay_schedule.numpy()
-    total, warm = 200, 30
-    base = 5e-4 * 512 / 256
-    expected_lr = np.concatenate(
-        [
-            np.linspace(0, base, warm),
-            1e-6
-            + 0.5
-            * (base - 1e-6)
-            * (1 + np.cos(np.pi * np.arange(total - warm) / (total - warm))),
-        ]
-    )
-    np.testing.assert_allclose(lr, expected_lr, rtol=1e-12)
-    expected_wd = 0.4 + 0.5 * (0.04 - 0.4) * (
-        1 + np.cos(np.pi * np.arange(total) / total)
-    )
-    np.testing.assert_allclose(wd, expected_wd, rtol=1e-12)
-    assert optimizer.clip_norm == 3.0
-    assert optimizer._initial_frozen_steps == 20
-    assert optimizer.epsilon == 1e-8
-    assert (optimizer.beta_1, optimizer.beta_2) == (0.9, 0.999)
+def test_refuses_a_weight_decay_schedule():
+    with pytest.raises(ValueError, match="DINOSchedule"):
+        DINOAdamW(weight_decay=CosineSchedule(0.04, 0.4, 10))
 
 
 def test_rejects_keras_clipping():
@@ -242,28 +199,23 @@ def test_rejects_keras_clipping():
 
 
 def test_config_round_trip():
-    optimizer = dino_adamw(batch_size=64, steps_per_epoch=5, epochs=4)
+    optimizer = DINOAdamW(learning_rate=0.1, weight_decay=0.3, clip_norm=2.0)
     config = keras.saving.serialize_keras_object(optimizer)
     restored = keras.saving.deserialize_keras_object(config)
     assert isinstance(restored, DINOAdamW)
     assert restored.get_config() == optimizer.get_config()
-    np.testing.assert_array_equal(
-        restored.weight_decay_schedule.numpy(),
-        optimizer.weight_decay_schedule.numpy(),
-    )
-    constant = DINOAdamW(learning_rate=0.1, weight_decay=0.3, frozen_steps=7)
-    restored = DINOAdamW.from_config(constant.get_config())
-    assert restored.get_config() == constant.get_config()
+    assert restored.get_config()["weight_decay"] == 0.3
 
 
 def test_decay_mask_on_the_dino_model(tiny):
     # As the reference's get_params_groups: biases and 1-D (LayerNorm)
     # weights are not decayed; cls_token, pos_embed (3-D), kernels and the
     # last layer's v are.
+    from keras_dino.schedules import DINOSchedule
+
     model = tiny.dino()
-    model.compile(optimizer=DINOAdamW())
+    model.compile(optimizer=DINOAdamW(), schedule=DINOSchedule(1, 1))
     optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
     mask = {
         v.path: optimizer._decay_mask[optimizer._get_variable_index(v)]
         for v in model.trainable_variables
