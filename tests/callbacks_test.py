@@ -1,152 +1,91 @@
-"""Callbacks: what each writes into the model/optimizer, against numpy.
+"""The callbacks `DINO.fit` adds: the run-state check and the NaN guard.
 
-These call the callback hooks directly on a real (tiny) DINO, so no train
-function is compiled; the values logged during `fit` are checked in
-`tests/models/dino_test.py`.
+These call the hooks directly on a real (tiny) DINO, so no train function
+is compiled; `tests/models/dino_run_state_test.py` checks them inside
+`fit`.
 """
 
 import math
+import warnings
 
 import keras
-import numpy as np
 import pytest
 
 from keras_dino import callbacks
 from keras_dino.optimizers import DINOAdamW
+from keras_dino.schedules import DINOSchedule
 
 
 @pytest.fixture(scope="module")
 def model(tiny):
     model = tiny.dino()
-    model.compile(optimizer=DINOAdamW(learning_rate=1e-3))
+    model.compile(optimizer=DINOAdamW(), schedule=DINOSchedule(5, 4))
     return model
 
 
-def _attach(callback, model, epochs, steps):
+def _check(model, steps, epoch, iteration):
+    model.iteration.assign(iteration)
+    callback = callbacks.RunStateCheck()
     callback.set_model(model)
-    callback.set_params({"epochs": epochs, "steps": steps, "verbose": 0})
+    callback.set_params({"epochs": 4, "steps": steps, "verbose": 0})
+    callback.on_train_begin()
+    callback.on_epoch_begin(epoch)
     return callback
 
 
-def test_teacher_momentum_cosine_per_step(model, tiny):
-    callback = _attach(
-        callbacks.TeacherMomentumSchedule(base=0.99, final=1.0), model, 4, 5
-    )
-    callback.on_train_begin()
-    total = 20
-    expected = 1.0 + 0.5 * (0.99 - 1.0) * (
-        1 + np.cos(np.pi * np.arange(total) / total)
-    )
-    got = [float(tiny.np(model.teacher_momentum_at(s))) for s in range(total)]
-    np.testing.assert_allclose(got, expected, atol=1e-7)
-    assert int(tiny.np(model.teacher_momentum_steps)) == total
+def test_run_state_check_accepts_a_continuing_run(model):
+    _check(model, steps=5, epoch=0, iteration=0)
+    _check(model, steps=5, epoch=2, iteration=10)  # initial_epoch=2
+    _check(model, steps=5, epoch=0, iteration=10)  # fit(epochs=1) in a loop
+    _check(model, steps=None, epoch=0, iteration=3)  # unknown length
 
 
-def test_teacher_temperature_per_epoch(model, tiny):
-    callback = _attach(
-        callbacks.TeacherTemperatureSchedule(
-            value=0.07, warmup_value=0.04, warmup_epochs=3
-        ),
-        model,
-        6,
-        2,
-    )
-    expected = np.concatenate([np.linspace(0.04, 0.07, 3), np.full(3, 0.07)])
-    for epoch in range(6):
-        callback.on_epoch_begin(epoch)
-        got = float(tiny.np(model.teacher_temperature))
-        assert got == pytest.approx(expected[epoch], abs=1e-7)
-        assert callback.temperature(epoch, 6) == pytest.approx(expected[epoch])
+def test_run_state_check_refuses_disagreements(model):
+    with pytest.raises(ValueError, match="steps_per_epoch=5"):
+        _check(model, steps=4, epoch=0, iteration=0)
+    with pytest.raises(ValueError, match="initial_epoch=1"):
+        _check(model, steps=5, epoch=3, iteration=5)
 
 
-def test_center_momentum(model, tiny):
-    callback = _attach(callbacks.CenterMomentum(0.8), model, 3, 2)
-    callback.on_epoch_begin(0)
-    assert float(tiny.np(model.center_momentum)) == pytest.approx(0.8)
-    callback = _attach(
-        callbacks.CenterMomentum(lambda epoch: 0.9 + 0.01 * epoch), model, 3, 2
-    )
-    callback.on_epoch_begin(2)
-    assert float(tiny.np(model.center_momentum)) == pytest.approx(0.92)
-    with pytest.raises(NotImplementedError):
-        callback.get_config()
-
-
-def test_freeze_last_layer_sets_frozen_steps(tiny):
-    model = tiny.dino()
-    optimizer = DINOAdamW(learning_rate=1e-3)
-    model.compile(optimizer=optimizer)
-    callback = _attach(callbacks.FreezeLastLayer(epochs=2), model, 5, 7)
-    callback.on_train_begin()  # builds the optimizer if needed
-    assert int(tiny.np(optimizer.frozen_steps)) == 14
-    # The head's trainable last-layer weight is the one registered.
-    key = optimizer._var_key(model.student_head.last_layer_v)
-    assert optimizer._frozen_keys == frozenset([key])
-
-
-def test_freeze_last_layer_needs_dino_adamw(tiny):
-    model = tiny.dino()
-    model.compile(optimizer=keras.optimizers.SGD())
-    callback = _attach(callbacks.FreezeLastLayer(), model, 1, 1)
-    with pytest.raises(ValueError, match="DINOAdamW"):
-        callback.on_train_begin()
-
-
-def test_unknown_steps_raise(model):
-    callback = _attach(callbacks.TeacherMomentumSchedule(), model, 2, None)
-    with pytest.raises(ValueError, match="steps_per_epoch"):
-        callback.on_train_begin()
+def test_run_state_check_warns_past_the_schedule(model):
+    with pytest.warns(UserWarning, match="covers 20 iterations"):
+        _check(model, steps=5, epoch=4, iteration=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _check(model, steps=5, epoch=3, iteration=15)
 
 
 def test_non_finite_loss_guard():
     guard = callbacks.NonFiniteLossGuard()
-    guard.on_train_batch_end(0, {"loss": 1.5})
-    guard.on_train_batch_end(0, {})
-    for bad in (math.nan, math.inf, -math.inf):
-        with pytest.raises(callbacks.NonFiniteLossError, match="step 3"):
-            guard.on_train_batch_end(3, {"loss": np.float32(bad)})
-    assert issubclass(callbacks.NonFiniteLossError, RuntimeError)
+    guard.on_train_batch_end(0, {"loss": 1.5, "weights_finite": 1.0})
+    guard.on_epoch_end(0, {"loss": 1.5})
+    for bad in (math.nan, math.inf):
+        with pytest.raises(callbacks.NonFiniteLossError, match="loss became"):
+            guard.on_train_batch_end(3, {"loss": bad})
+    # A finite loss with a non-finite update is caught too.
+    with pytest.raises(callbacks.NonFiniteLossError, match="weights became"):
+        guard.on_train_batch_end(1, {"loss": 2.0, "weights_finite": 0.0})
+    with pytest.raises(callbacks.NonFiniteLossError, match="epoch 2"):
+        guard.on_epoch_end(1, {"loss": 2.0, "weights_finite": 0.0})
 
 
 def test_with_default_callbacks():
-    defaults = callbacks.with_default_callbacks()
-    types = [type(c) for c in defaults]
-    assert types[0] is callbacks.NonFiniteLossGuard
-    assert set(types) == {
+    added = callbacks.with_default_callbacks()
+    assert [type(c) for c in added] == [
         callbacks.NonFiniteLossGuard,
-        callbacks.TeacherMomentumSchedule,
-        callbacks.TeacherTemperatureSchedule,
-        callbacks.CenterMomentum,
-        callbacks.FreezeLastLayer,
-    }
-    checkpoint = keras.callbacks.History()
-    mine = callbacks.TeacherTemperatureSchedule(warmup_epochs=3)
-    merged = callbacks.with_default_callbacks([checkpoint, mine])
-    assert type(merged[0]) is callbacks.NonFiniteLossGuard
-    temps = [c for c in merged if isinstance(c, type(mine))]
-    assert temps == [mine]  # a given schedule replaces the default
-    assert merged.index(checkpoint) > 0
-    assert len(merged) == 6
+        callbacks.RunStateCheck,
+    ]
+    mine = keras.callbacks.CSVLogger("/dev/null")
+    guard = callbacks.NonFiniteLossGuard()
+    result = callbacks.with_default_callbacks([mine, guard])
+    assert result[-2:] == [mine, guard]
+    assert sum(isinstance(c, callbacks.NonFiniteLossGuard) for c in result) == 1
 
 
-CALLBACKS = [
-    callbacks.TeacherMomentumSchedule(base=0.99, final=0.999),
-    callbacks.TeacherTemperatureSchedule(0.07, 0.04, 30),
-    callbacks.CenterMomentum(0.8),
-    callbacks.FreezeLastLayer(epochs=3),
-    callbacks.NonFiniteLossGuard(),
-]
-
-
-@pytest.mark.parametrize("callback", CALLBACKS)
-def test_get_config_rebuilds(callback):
-    restored = type(callback)(**callback.get_config())
-    assert restored.get_config() == callback.get_config()
-
-
-@pytest.mark.parametrize("callback", CALLBACKS)
+@pytest.mark.parametrize(
+    "callback", [callbacks.RunStateCheck(), callbacks.NonFiniteLossGuard()]
+)
 def test_serialize_round_trip(callback):
     config = keras.saving.serialize_keras_object(callback)
     restored = keras.saving.deserialize_keras_object(config)
     assert type(restored) is type(callback)
-    assert restored.get_config() == callback.get_config()
