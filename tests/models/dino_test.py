@@ -15,7 +15,7 @@ from keras_dino import losses
 from keras_dino.models import DINO
 from keras_dino.models import ViTBackbone
 from keras_dino.optimizers import DINOAdamW
-from keras_dino.optimizers import dino_adamw
+from keras_dino.schedules import DINOSchedule
 
 BATCH, STEPS, EPOCHS = 4, 2, 3
 BASE_LR = 0.1
@@ -30,26 +30,23 @@ LOG_KEYS = {
 }
 
 
-def _compile(model):
-    model.compile(
-        optimizer=dino_adamw(
-            batch_size=BATCH,
-            steps_per_epoch=STEPS,
-            epochs=EPOCHS,
-            base_learning_rate=BASE_LR,
-            warmup_epochs=1,
-        )
+def _schedule():
+    return DINOSchedule.paper(
+        batch_size=BATCH,
+        steps_per_epoch=STEPS,
+        epochs=EPOCHS,
+        learning_rate=BASE_LR,
+        warmup_epochs=1,
+        teacher_momentum=0.99,
+        warmup_teacher_temperature=0.06,
+        teacher_temperature=0.04,
+        warmup_teacher_temperature_epochs=2,
     )
+
+
+def _compile(model):
+    model.compile(optimizer=DINOAdamW(), schedule=_schedule())
     return model
-
-
-def _schedule_callbacks():
-    return [
-        callbacks.TeacherTemperatureSchedule(
-            value=0.04, warmup_value=0.06, warmup_epochs=2
-        ),
-        callbacks.TeacherMomentumSchedule(base=0.99),
-    ]
 
 
 class Recorder(keras.callbacks.Callback):
@@ -89,7 +86,7 @@ def run(tiny):
         epochs=EPOCHS,
         shuffle=False,
         verbose=0,
-        callbacks=_schedule_callbacks() + [recorder],
+        callbacks=[recorder],
     )
     return model, history, recorder, initial, crops
 
@@ -115,10 +112,13 @@ def test_call_groups_crops_by_resolution(tiny):
 
 def test_compute_loss_uses_current_center_then_updates_it(tiny):
     model = tiny.dino()
+    model.compile(
+        optimizer=DINOAdamW(),
+        schedule=DINOSchedule(1, 1, teacher_temperature=0.05),
+    )
     rng = np.random.default_rng(0)
     center0 = rng.normal(size=(1, 64)).astype("float32") * 0.1
     model.center.assign(center0)
-    model.teacher_temperature.assign(0.05)
     crops = tiny.crops()
     student = tiny.np(model(crops, training=False))
     teacher = tiny.np(model.teacher_logits(crops))
@@ -136,14 +136,16 @@ def test_compute_loss_uses_current_center_then_updates_it(tiny):
 
 def test_teacher_ema_matches_numpy(tiny):
     model = tiny.dino()
-    model.compile(optimizer=DINOAdamW(learning_rate=1e-3))
-    model.optimizer.build(model.trainable_variables)
+    model.compile(
+        optimizer=DINOAdamW(),
+        schedule=DINOSchedule(
+            10, 1, teacher_momentum=0.9, freeze_last_layer_epochs=0
+        ),
+    )
     rng = np.random.default_rng(1)
     for w in model.student_backbone.weights + model.student_head.weights:
         w.assign(rng.normal(size=w.shape).astype("float32"))
-    model.teacher_momentum_base.assign(0.9)
-    model.teacher_momentum_steps.assign(10)
-    model.optimizer.iterations.assign(4)  # the step just taken is 3
+    model.iteration.assign(3)  # the step just taken is 3
     students = [
         tiny.np(w)
         for w in model.student_backbone.weights + model.student_head.weights
@@ -157,10 +159,11 @@ def test_teacher_ema_matches_numpy(tiny):
         import torch
 
         with torch.no_grad():
-            logs = model._after_optimizer_step()
+            logs = model._after_optimizer_step([])
     else:
-        logs = model._after_optimizer_step()
+        logs = model._after_optimizer_step([])
     assert float(tiny.np(logs["teacher_momentum"])) == pytest.approx(m)
+    assert int(tiny.np(model.iteration)) == 4
     after = [
         tiny.np(w)
         for w in model.teacher_backbone.weights + model.teacher_head.weights
@@ -242,6 +245,7 @@ def test_center_and_teacher_moved(run, tiny):
             assert not np.allclose(t, s, atol=1e-7), teacher.path
     assert moved >= len(pairs) - 2
     assert int(tiny.np(model.optimizer.iterations)) == STEPS * EPOCHS
+    assert int(tiny.np(model.iteration)) == STEPS * EPOCHS
     assert not any(w.trainable for w in model.teacher_backbone.weights)
 
 
@@ -265,8 +269,7 @@ def test_save_load_and_resume_equals_uninterrupted(run, tiny, tmp_path):
         epochs=EPOCHS,
         shuffle=False,
         verbose=0,
-        callbacks=_schedule_callbacks()
-        + [
+        callbacks=[
             keras.callbacks.ModelCheckpoint(path, save_freq="epoch"),
             StopAfterFirstEpoch(),
         ],
@@ -282,7 +285,8 @@ def test_save_load_and_resume_equals_uninterrupted(run, tiny, tmp_path):
     for a, b in zip(saved["optimizer"], restored["optimizer"]):
         np.testing.assert_array_equal(a, b)
     assert int(tiny.np(resumed.optimizer.iterations)) == STEPS
-    assert int(tiny.np(resumed.optimizer.frozen_steps)) == STEPS
+    assert int(tiny.np(resumed.iteration)) == STEPS
+    assert resumed.schedule.get_config() == _schedule().get_config()
     np.testing.assert_array_equal(
         tiny.np(resumed.center), tiny.np(model_b.center)
     )
@@ -294,7 +298,6 @@ def test_save_load_and_resume_equals_uninterrupted(run, tiny, tmp_path):
         initial_epoch=1,
         shuffle=False,
         verbose=0,
-        callbacks=_schedule_callbacks(),
     )
     np.testing.assert_allclose(
         history.history["loss"], history_a.history["loss"][1:], atol=1e-5
@@ -396,9 +399,13 @@ def test_clear_errors(tiny):
         model.compile()
     with pytest.raises(ValueError, match="optimizer"):
         model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="schedule"):
+        model.compile(optimizer=DINOAdamW())
     with pytest.raises(ValueError, match="loss"):
-        model.compile(optimizer=DINOAdamW(), loss="mse")
-    model.compile(optimizer=DINOAdamW())
+        model.compile(
+            optimizer=DINOAdamW(), schedule=DINOSchedule(1, 1), loss="mse"
+        )
+    model.compile(optimizer=DINOAdamW(), schedule=DINOSchedule(1, 1))
     with pytest.raises(ValueError, match="tuple of crop batches"):
         model.fit(x=crops[0], batch_size=4, epochs=1, verbose=0)
 
@@ -463,7 +470,16 @@ def test_mixed_bfloat16_keeps_heads_loss_and_weights_in_float32(tiny):
     assert "float32" in str(mixed.dtype)
     assert float(tiny.np(mixed)) != float(tiny.np(exact))
     np.testing.assert_allclose(tiny.np(mixed), tiny.np(exact), rtol=2e-2)
-    _compile(model)
+    model.compile(
+        optimizer=DINOAdamW(),
+        schedule=DINOSchedule.paper(
+            batch_size=BATCH,
+            steps_per_epoch=1,
+            epochs=2,
+            learning_rate=BASE_LR,
+            warmup_epochs=1,
+        ),
+    )
     before = [tiny.np(w) for w in model.teacher_backbone.weights]
     # Two epochs of one step: the warm-up learning rate is 0 at step 0.
     history = model.fit(x=crops, batch_size=BATCH, epochs=2, verbose=0)
