@@ -490,9 +490,9 @@ class DINO(keras.Model):
         }
         if schedule.weight_decay is not None:
             logs["weight_decay"] = schedule.weight_decay_at(step)
-        elif optimizer.weight_decay is not None:
+        else:
             logs["weight_decay"] = ops.convert_to_tensor(
-                optimizer.weight_decay, "float32"
+                optimizer.weight_decay or 0.0, "float32"
             )
         if hasattr(self.optimizer, "dynamic_scale"):
             logs["loss_scale"] = ops.convert_to_tensor(
