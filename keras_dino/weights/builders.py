@@ -1,5 +1,7 @@
 """Keras models from checkpoints that have already been read into numpy."""
 
+from keras_dino.models.dino import DINO
+from keras_dino.models.vit_backbone import ViTBackbone
 from keras_dino.weights.convert import convert_backbone_config
 from keras_dino.weights.convert import convert_backbone_weights
 from keras_dino.weights.convert import convert_head_config
@@ -24,8 +26,6 @@ def backbone_from_checkpoint(
     Returns:
         A `ViTBackbone`.
     """
-    from keras_dino.models.vit_backbone import ViTBackbone
-
     checkpoint = _as_checkpoint(obj, checkpoint_key)
     config = convert_backbone_config(checkpoint.backbone, hf_config, **kwargs)
     backbone = ViTBackbone(**config)
@@ -80,9 +80,6 @@ def dino_from_checkpoint(
     Returns:
         A `DINO` model.
     """
-    from keras_dino.models.dino import DINO
-    from keras_dino.models.vit_backbone import ViTBackbone
-
     if not isinstance(obj, dict):
         raise ValueError(
             f"A full checkpoint is a dict, got {type(obj).__name__}."
