@@ -2,5 +2,7 @@
 
 from keras_dino.optimizers.adamw import DINOAdamW
 from keras_dino.optimizers.adamw import dino_adamw
+from keras_dino.optimizers.lars import LARS
+from keras_dino.optimizers.sgd import DINOSGD
 
-__all__ = ["DINOAdamW", "dino_adamw"]
+__all__ = ["DINOAdamW", "DINOSGD", "LARS", "dino_adamw"]
