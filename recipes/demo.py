@@ -63,11 +63,11 @@ def main(argv):
 
     from keras_dino import configs
     from keras_dino import pretraining
+    from keras_dino.data import CenterCropTransform
+    from keras_dino.data import load_npz
     from keras_dino.evaluation import extract_features
-    from keras_dino.evaluation import imagenet_preprocessing
     from keras_dino.evaluation import knn_classify
     from keras_dino.evaluation import knn_evaluate
-    from keras_dino.evaluation import load_npz
     from keras_dino.evaluation import paired_sign_test
     from keras_dino.evaluation.knn_monitor import KNNMonitor
     from keras_dino.evaluation.learning_curve import plot_learning_curve
@@ -127,7 +127,7 @@ def main(argv):
     if not os.path.exists(teacher_path):
         model.teacher_backbone.save(teacher_path)
 
-    prep = imagenet_preprocessing(config["image_size"])
+    prep = CenterCropTransform(config["image_size"], crop_fraction=1.0)
     rows, correct = [], {}
     for name in ("initial_backbone", "teacher_backbone"):
         backbone = keras.saving.load_model(os.path.join(out, name + ".keras"))

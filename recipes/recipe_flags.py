@@ -161,9 +161,9 @@ def data_splits(flag_values):
 
 def load_split(split, source, max_examples, image_size):
     """`(images, labels)` of one split, in memory."""
-    from keras_dino import evaluation
+    from keras_dino import data
 
-    images, labels = evaluation.load_labeled_images(
+    images, labels = data.load_labeled_images(
         source, image_size=image_size, max_examples=max_examples
     )
     print(f"{split}: {len(images)} images from {source}")
@@ -205,9 +205,10 @@ def split_features(
     as a `tf.data` pipeline by `keras_dino.data`; the features are cached
     in --cache_dir when it is set.
     """
+    from keras_dino import data
     from keras_dino import evaluation
 
-    preprocessing = evaluation.imagenet_preprocessing(
+    preprocessing = data.CenterCropTransform(
         image_size, crop_fraction=flag_values.crop_fraction
     )
     features = {}
@@ -219,7 +220,7 @@ def split_features(
             ),
         }
         if flag_values.stream:
-            dataset = evaluation.labeled_dataset(
+            dataset = data.labeled_dataset(
                 source,
                 image_size,
                 batch_size=flag_values.batch_size,

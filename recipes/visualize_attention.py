@@ -55,14 +55,16 @@ def main(argv):
 
 
 def _run():
+    from keras_dino import data
     from keras_dino import evaluation
+    from keras_dino import layers
 
     backbone = recipe_flags.load_backbone(FLAGS)
-    preprocessing = evaluation.imagenet_preprocessing()
+    preprocessing = layers.ImagePreprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
     written, rows = [], []
     for path in FLAGS.image_path:
-        image = evaluation.load_image(path, FLAGS.image_size)
+        image = data.load_image(path, FLAGS.image_size)
         output_dir = FLAGS.output_dir
         if len(FLAGS.image_path) > 1:
             stem = os.path.splitext(os.path.basename(path))[0]

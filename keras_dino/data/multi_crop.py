@@ -11,9 +11,8 @@ from keras_dino.data.random_resized_crop import UNIFORMS_PER_BOX
 from keras_dino.data.random_resized_crop import check_range
 from keras_dino.data.random_resized_crop import crop_boxes_from_uniforms
 from keras_dino.data.random_resized_crop import resized_crop
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_dino.layers.preprocessing import IMAGENET_MEAN
+from keras_dino.layers.preprocessing import IMAGENET_STD
 
 # Layout of the uniform draws of one crop.
 _BOX = slice(0, UNIFORMS_PER_BOX)
