@@ -4,7 +4,6 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,7 +14,6 @@ from keras_dino import pretraining
 from keras_dino.checkpointing import latest_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 TINY = {
     "arch": "vit_tiny",
@@ -34,10 +32,11 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
+def tiny_npz(tmp_path_factory, cifar_sample):
+    """24 real CIFAR-10 images of the repository's sample (conftest.py)."""
     path = tmp_path_factory.mktemp("pretrain") / "tiny.npz"
-    with np.load(DATA_DIR / "cifar10_val.npz") as data:
-        np.savez(path, images=data["images"][:24], labels=data["labels"][:24])
+    images, labels, _ = cifar_sample
+    np.savez(path, images=images[:24], labels=labels[:24])
     return str(path)
 
 
