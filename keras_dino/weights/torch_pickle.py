@@ -537,49 +537,84 @@ class RestrictedUnpickler(_BASE):
     del _opcode, _handler, _overrides
 
 
-_DATA_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray)
+_LEAF_TYPES = frozenset(
+    (type(None), bool, int, float, complex, str, bytes, bytearray, np.ndarray)
+)
+_CONTAINER_TYPES = frozenset(
+    (dict, collections.OrderedDict, CheckpointArgs, list, tuple, set, frozenset)
+)
+
+
+def _children(item):
+    kind = type(item)
+    if kind is dict:
+        return [*item.keys(), *item.values()]
+    if kind is collections.OrderedDict:  # Its attributes (`_metadata`) too.
+        return [*item.keys(), *item.values(), *vars(item).values()]
+    if kind is CheckpointArgs:
+        attributes = vars(item)
+        return [*attributes.keys(), *attributes.values()]
+    return item  # list, tuple, set, frozenset
 
 
 def _check_loaded(obj, name):
-    """Walks `obj` as a tree: plain data only, bounded size and depth.
+    """Checks `obj` as a tree: plain data only, bounded size and depth.
 
     Every shared reference is counted again, as any caller that recurses
-    over the result would visit it again.
+    over the result would visit it again; but each distinct container is
+    visited once (its tree size and depth are memoised), so that refusing a
+    "billion laughs" takes as long as reading it.
     """
-    stack = [(obj, 0)]
-    budget = MAX_OBJECTS
+    if type(obj) in _LEAF_TYPES:
+        return obj
+    done = {}  # id(container) -> (values in its tree, nesting depth)
+    open_ = set()  # Containers being visited: the current path.
+    stack = [(obj, False)]
     while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind in _DATA_TYPES or kind is np.ndarray:
+        item, finish = stack.pop()
+        key = id(item)
+        if finish:
+            count, depth = 0, 1
+            for child in _children(item):
+                count += 1
+                if type(child) not in _LEAF_TYPES:
+                    child_count, child_depth = done[id(child)]
+                    count += child_count
+                    depth = max(depth, child_depth + 1)
+            if count > MAX_OBJECTS:
+                raise CheckpointFormatError(
+                    f"{name}: the saved object holds more than "
+                    f"{MAX_OBJECTS} values (counting shared references each "
+                    "time), e.g. a 'billion laughs' of nested references; "
+                    "refusing to load it."
+                )
+            if depth > MAX_DEPTH:
+                raise CheckpointFormatError(
+                    f"{name}: the saved object is nested more than "
+                    f"{MAX_DEPTH} levels deep."
+                )
+            done[key] = (count, depth)
+            open_.discard(key)
             continue
-        if depth >= MAX_DEPTH:
+        if key in done:
+            continue
+        if key in open_:
             raise CheckpointFormatError(
                 f"{name}: the saved object is nested more than {MAX_DEPTH} "
-                "levels deep."
+                "levels deep: it contains itself."
             )
-        if kind in (dict, collections.OrderedDict, CheckpointArgs):
-            children = []
-            mapping = vars(item) if kind is CheckpointArgs else item
-            for key, value in mapping.items():
-                children += (key, value)
-            if kind is collections.OrderedDict:
-                children += vars(item).values()
-        elif kind in (list, tuple, set, frozenset):
-            children = item
-        else:
+        if type(item) not in _CONTAINER_TYPES:
             raise UnsafeCheckpointError(
                 f"{name}: the saved object holds {_short(item)}, which is "
                 "not a tensor, container, number or string."
             )
-        budget -= len(children)
-        if budget < 0:
-            raise CheckpointFormatError(
-                f"{name}: the saved object holds more than {MAX_OBJECTS} "
-                "values (counting shared references each time), e.g. a "
-                "'billion laughs' of nested references; refusing to load it."
-            )
-        stack.extend((child, depth + 1) for child in children)
+        open_.add(key)
+        stack.append((item, True))
+        stack += [
+            (child, False)
+            for child in _children(item)
+            if type(child) not in _LEAF_TYPES
+        ]
     return obj
 
 
