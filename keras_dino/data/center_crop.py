@@ -99,10 +99,7 @@ class CenterCropTransform:
                 "Expected an image (H, W, C) or a batch (N, H, W, C). "
                 f"Received shape {image.shape}."
             )
-        if image.shape[-1] == 1:
-            image = tf.concat([image] * 3, axis=-1)
-        elif image.shape[-1] == 4:
-            image = image[..., :3]
+        image = color.to_rgb(image)
         shape = tf.shape(image)
         h, w = shape[-3], shape[-2]
         short = tf.minimum(h, w)

@@ -334,16 +334,7 @@ class MultiCropAugmentation:
                 "(height, width, channels); batch after augmenting. "
                 f"Received shape {image.shape}."
             )
-        channels = image.shape[-1]
-        if channels == 1:
-            image = tf.tile(image, [1, 1, 3])
-        elif channels == 4:
-            image = image[..., :3]
-        elif channels is not None and channels != 3:
-            raise ValueError(
-                "Images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) "
-                f"channels. Received shape {image.shape}."
-            )
+        image = color.to_rgb(image)
         if not (image.dtype == tf.uint8 or image.dtype.is_floating):
             raise ValueError(
                 "Images must be uint8 in [0, 255] or float in [0, 1]. "

@@ -272,11 +272,7 @@ class RandomResizedCropTransform:
         Returns:
             float32 tensor `(image_size, image_size, 3)`.
         """
-        image = tf.convert_to_tensor(image)
-        if image.shape[-1] == 1:
-            image = tf.concat([image] * 3, axis=-1)
-        elif image.shape[-1] == 4:
-            image = image[..., :3]
+        image = color.to_rgb(tf.convert_to_tensor(image))
         element_seed = tf.stack(
             [
                 tf.constant(self._base_seed, tf.int64),
