@@ -62,7 +62,7 @@ def test_eval_knn(files, capsys):
         f"--backbone={files['backbone']}",
         f"--train_data={files['train']}",
         f"--val_data={files['val']}",
-        "--ks=5,10",
+        "--nb_knn=5,10",  # the reference's name of --ks
         "--batch_size=20",
         f"--cache_dir={root / 'knn_cache'}",
         f"--results_json={root / 'knn.json'}",
@@ -190,7 +190,7 @@ def test_visualize_attention_with_imported_weights(files, tmp_path):
     written = _recipe("visualize_attention").main(
         [
             "visualize_attention",
-            f"--preset={checkpoint}",
+            f"--pretrained_weights={checkpoint}",  # the alias of --preset
             f"--image_path={image}",
             "--image_size=64",
             "--threshold=0.5",

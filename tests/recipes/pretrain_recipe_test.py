@@ -176,6 +176,11 @@ def _run_recipe(name, *args):
 
 def test_demo_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
+    # The folder of an earlier demo run (it holds the demo's marker file)
+    # is replaced.
+    out.mkdir()
+    (out / ".keras_dino_demo").write_text("")
+    (out / "stale.txt").write_text("from an earlier run\n")
     proc = _run_recipe(
         "demo",
         f"--output_dir={out}",
@@ -196,6 +201,8 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert "exact paired sign test p = " in proc.stdout
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "teacher_backbone.keras").exists()
+    assert not (out / "stale.txt").exists()
+    assert (out / ".keras_dino_demo").exists()
 
 
 def test_pretrain_recipe_end_to_end(tiny_npz, tmp_path):
