@@ -57,6 +57,15 @@ def test_resnet50_layout():
     assert len(batch_norms) == 53 and len(convs) == 53
     for bn in batch_norms:
         assert bn.epsilon == 1e-5 and bn.momentum == 0.9
+    # torchvision's init: kaiming_normal_(fan_out, relu); BN 1 and 0.
+    for name in ("conv1", "layer3_0_conv2", "layer4_2_conv3"):
+        kernel = _np(backbone.get_layer(name).kernel)
+        kh, kw, _, out = kernel.shape
+        std = (2.0 / (kh * kw * out)) ** 0.5
+        assert abs(kernel.mean()) < 0.05 * std
+        assert abs(kernel.std() / std - 1) < 0.05
+    assert np.all(_np(backbone.get_layer("bn1").gamma) == 1)
+    assert np.all(_np(backbone.get_layer("bn1").beta) == 0)
     assert backbone.output_dim == 2048
     assert tuple(backbone.output_shape) == (None, 2048)
     # Stride in the 3x3 convolution (v1.5), not in the first 1x1.
@@ -100,6 +109,15 @@ def test_training_uses_batch_statistics():
     assert not np.allclose(inference, train)
     after = _np(backbone.get_layer("bn1").moving_mean)
     assert not np.allclose(before, after)
+
+
+def test_seeded_initialisation():
+    keras.utils.set_random_seed(3)
+    first = ResNetBackbone(**SMALL).get_weights()
+    keras.utils.set_random_seed(3)
+    second = ResNetBackbone(**SMALL).get_weights()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_config_round_trip():

@@ -31,6 +31,10 @@ from keras_dino.weights.resnet_convert import load_resnet_backbone
 from keras_dino.weights.resnet_convert import load_resnet_dino
 
 RTOL = 1e-4  # of the largest output magnitude
+# Train mode: Keras computes the batch variance as E[x^2] - E[x]^2, torch
+# in two passes; over 53 BatchNorms, some on 4 x 2 x 2 values per
+# channel, float32 rounding grows to about 1e-4 of the output scale.
+TRAIN_RTOL = 5e-4
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 
@@ -207,7 +211,7 @@ def test_resnet50_train_mode_parity(resnet50_file, keras_resnet50):
         with torch.no_grad():
             expected = train_net(_nchw(images)).numpy()
         actual = _np(keras_resnet50(images, training=True))
-        _assert_close(actual, expected)
+        _assert_close(actual, expected, TRAIN_RTOL)
         # Running statistics after one step (momentum 0.1 in torch). The
         # means match; PyTorch updates the variance with the unbiased
         # batch variance, Keras with the biased one: they differ by the
