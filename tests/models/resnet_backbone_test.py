@@ -157,3 +157,28 @@ def test_keras_save_load(tmp_path):
     np.testing.assert_allclose(
         _np(loaded(images, training=False)), expected, atol=1e-6
     )
+
+
+def test_dino_on_resnet_keras_save_load(tmp_path):
+    from keras_dino.models import DINO
+
+    keras.utils.set_random_seed(0)
+    model = DINO(
+        ResNetBackbone(**SMALL),
+        out_dim=32,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        head_layers=2,
+        use_bn_in_head=True,
+    )
+    assert isinstance(model.teacher_backbone, ResNetBackbone)
+    assert model.teacher_backbone.get_config()["width"] == 8
+    crops = (_images((2, 32, 32, 3), 1), _images((2, 32, 32, 3), 2))
+    expected = _np(model(crops, training=False))
+    path = tmp_path / "dino_resnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.student_backbone, ResNetBackbone)
+    np.testing.assert_allclose(
+        _np(loaded(crops, training=False)), expected, atol=1e-5
+    )
