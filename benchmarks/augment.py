@@ -1,13 +1,17 @@
 """Throughput of the multi-crop input pipeline, in images per second.
 
 One image = all its crops (default 2 x 224 + 8 x 96), JPEG read and decode
-included, from the Imagenette 224 px training folder. Prints one table: the
+included, from a folder of images (the published figures used the
+Imagenette 224 px training folder, 600 JPEGs). Prints one table: the
 median of several timed passes after a warm-up pass, as wall-clock img/s and
 as img per CPU-second of this process (the second is less sensitive to other
 processes sharing the machine; x number of cores gives the ideal).
 
-    python benchmarks/augment.py
-    python benchmarks/augment.py --passes 5 --batch_size 64
+    python benchmarks/augment.py --root=/data/imagenette224/train
+    KERAS_DINO_DATA=/data python benchmarks/augment.py --passes 5
+
+Without --root it reads `$KERAS_DINO_DATA/imagenette224/train` when the
+environment variable KERAS_DINO_DATA names a data folder.
 """
 
 import os
@@ -19,34 +23,50 @@ from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_SHARED_DATA = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
-)
 _ROOT = flags.DEFINE_string(
     "root",
-    os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "..",
-        "..",
-        "shared",
-        "data",
-        "imagenette224",
-        "train",
-    ),
-    "Image folder to read.",
+    None,
+    "Image folder to read (root/<class>/<image> or flat). Default: "
+    "$KERAS_DINO_DATA/imagenette224/train if KERAS_DINO_DATA is set.",
 )
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
-_PASSES = flags.DEFINE_integer("passes", 3, "Timed passes over the folder.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+_PASSES = flags.DEFINE_integer(
+    "passes", 3, "Timed passes over the folder (after one warm-up pass)."
+)
 _LIMIT = flags.DEFINE_integer(
     "limit", 0, "Use only this many batches per pass (0: all)."
 )
 _LOCAL = flags.DEFINE_integer("num_local_crops", 8, "Local crops per image.")
-_GLOBAL_SIZE = flags.DEFINE_integer("global_crop_size", 224, "Global size.")
-_LOCAL_SIZE = flags.DEFINE_integer("local_crop_size", 96, "Local size.")
+_GLOBAL_SIZE = flags.DEFINE_integer(
+    "global_crop_size", 224, "Side of the global crops, in pixels."
+)
+_LOCAL_SIZE = flags.DEFINE_integer(
+    "local_crop_size", 96, "Side of the local crops, in pixels."
+)
+
+
+def image_root(flag_value, environ=os.environ):
+    """The folder to read: --root, else $KERAS_DINO_DATA's; checked."""
+    if flag_value:
+        root = flag_value
+    elif environ.get("KERAS_DINO_DATA"):
+        root = os.path.join(
+            environ["KERAS_DINO_DATA"], "imagenette224", "train"
+        )
+    else:
+        raise app.UsageError(
+            "benchmarks/augment.py needs a folder of images: pass "
+            "--root=<folder> (e.g. Imagenette's train folder) or set "
+            "KERAS_DINO_DATA to a data folder holding imagenette224/train."
+        )
+    if not os.path.isdir(root):
+        raise app.UsageError(f"The image folder {root} does not exist.")
+    return root
 
 
 def main(argv):
     del argv
+    root = image_root(_ROOT.value)
     import tensorflow as tf
 
     from keras_dino.data import MultiCropAugmentation
@@ -59,7 +79,7 @@ def main(argv):
         seed=0,
     )
     dataset = from_image_folder(
-        _ROOT.value, augmentation, batch_size=_BATCH.value, seed=0
+        root, augmentation, batch_size=_BATCH.value, seed=0
     )
     if _LIMIT.value:
         dataset = dataset.take(_LIMIT.value)

@@ -13,21 +13,50 @@ python recipes/convert_checkpoint.py --checkpoint=dino_vits16 \
   --output=dino_vits16.keras
 python recipes/convert_checkpoint.py --checkpoint=checkpoint.pth \
   --model=dino --output=dino.weights.h5
+python recipes/convert_checkpoint.py --checkpoint=dino_vitbase16_pretrain.pth \
+  --arch=vit_base --patch_size=16 --output=dino_vitb16.keras
 ```
+
+The architecture is read from the tensors; `--arch` (optional) checks it.
 """
 
 import json
+import os
+import sys
 
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "checkpoint",
     None,
-    "Preset name, .pth / .safetensors file, Hugging Face directory or URL.",
+    "What to convert: a preset name (e.g. dino_vits16, fetched into the "
+    "Keras cache), a reference .pth or .safetensors file, a Hugging Face "
+    "model folder, or a URL.",
 )
-flags.DEFINE_string("output", None, "Output .keras or .weights.h5 path.")
+flags.DEFINE_string(
+    "output",
+    None,
+    "File to write: a whole model (.keras) or its weights only (.weights.h5).",
+)
+flags.DEFINE_string(
+    "arch",
+    None,
+    "Expected architecture, checked against the one read from the "
+    "checkpoint: a reference name (vit_tiny, vit_small, vit_base) with "
+    "--patch_size, or a variant name (ViT-S/16, ViT-B/8, ...). Default: "
+    "no check.",
+)
+flags.DEFINE_integer(
+    "patch_size",
+    16,
+    "Patch side in pixels (16 or 8) of a reference --arch name; a variant "
+    "name such as ViT-S/8 carries its own.",
+)
 flags.DEFINE_enum(
     "model",
     "auto",
@@ -36,16 +65,50 @@ flags.DEFINE_enum(
     "training checkpoint), or auto (DINO when the file has a head).",
 )
 flags.DEFINE_string(
-    "checkpoint_key", "teacher", "Network of a full checkpoint (backbone)."
+    "checkpoint_key",
+    "teacher",
+    "Which network of a full training checkpoint becomes the backbone: "
+    "teacher or student (as the reference's --checkpoint_key).",
 )
-flags.DEFINE_integer("num_heads", 0, "Heads, for widths outside the table.")
-flags.DEFINE_string("file_hash", None, "Expected SHA-256 of the file.")
+flags.DEFINE_integer(
+    "num_heads",
+    0,
+    "Attention heads, needed only for widths other than 192, 384 and 768 "
+    "(0: 3, 6 or 12 from the width).",
+)
+flags.DEFINE_string(
+    "file_hash",
+    None,
+    "Expected SHA-256 of the file, hexadecimal (default: not checked).",
+)
 flags.DEFINE_bool(
     "full_checkpoint",
     False,
-    "For a preset name: fetch the full training checkpoint.",
+    "For a preset name: fetch the full training checkpoint (student, "
+    "teacher, head, center) instead of the backbone-only file.",
 )
 flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+def check_arch(backbone_config, arch, patch_size):
+    """Raises a clear error if the checkpoint is not the `arch` asked for.
+
+    `patch_size` None: 16 for a reference name, the variant's own for a
+    variant name.
+    """
+    try:
+        variant, patch = recipe_flags.resolve_arch(arch, patch_size)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    width = recipe_flags.VARIANT_WIDTHS[variant[4]]
+    got = (backbone_config.get("hidden_dim"), backbone_config.get("patch_size"))
+    if got != (width, patch):
+        raise app.UsageError(
+            f"--arch={arch} means width {width} and patch {patch}, but the "
+            f"checkpoint holds width {got[0]} and patch {got[1]}. Drop "
+            "--arch (the architecture is read from the file) or give the "
+            "matching one."
+        )
 
 
 def main(argv):
@@ -63,6 +126,13 @@ def main(argv):
     summary = weights.describe_checkpoint(
         obj, hf_config, checkpoint_key=FLAGS.checkpoint_key, **overrides
     )
+    if FLAGS.arch:
+        given = FLAGS["patch_size"].present
+        check_arch(
+            summary["backbone_config"],
+            FLAGS.arch,
+            FLAGS.patch_size if given else None,
+        )
     kind = FLAGS.model
     if kind == "auto":
         kind = "dino" if summary["num_head_tensors"] else "backbone"

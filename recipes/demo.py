@@ -8,32 +8,54 @@ images next to that of the same backbone at its random initialisation.
 Writes the learning curve as `<output_dir>/learning_curve.png`.
 
     python recipes/demo.py --output_dir=runs/demo
+
+The output folder is replaced on each run, but only if the demo made it:
+a folder the demo creates holds a marker file (`.keras_dino_demo`); an
+existing folder without it is left alone and the demo stops with a message.
+Needs TensorFlow and matplotlib: `pip install "keras-dino[demo]"`.
 """
 
 import os
 import shutil
+import sys
 import time
 
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
+
 FLAGS = flags.FLAGS
 _HERE = os.path.dirname(os.path.abspath(__file__))
-flags.DEFINE_string("output_dir", "runs/demo", "Output folder (replaced).")
+MARKER = ".keras_dino_demo"
+flags.DEFINE_string(
+    "output_dir",
+    "runs/demo",
+    "Folder for the checkpoints, backbones, history and learning curve. "
+    "Replaced on each run if an earlier demo run made it; the demo refuses "
+    "to touch an existing folder it did not make (one without its "
+    f"{MARKER} marker file) unless the folder is empty.",
+)
 flags.DEFINE_string(
     "train_npz",
     os.path.join(_HERE, "data", "cifar10_demo_train.npz"),
-    "Training images.",
+    "Training images: a .npz file with images (N, H, W, 3) uint8 and "
+    "labels (N,) (default: the 5,000-image CIFAR-10 sample in "
+    "recipes/data).",
 )
 flags.DEFINE_string(
     "val_npz",
     os.path.join(_HERE, "data", "cifar10_demo_val.npz"),
-    "Held-out images for k-NN.",
+    "Held-out images for the k-NN evaluation, in the same form (default: "
+    "the 5,000 held-out CIFAR-10 images in recipes/data).",
 )
 flags.DEFINE_integer(
     "epochs", 22, "Pretraining epochs (78 steps each on the full sample)."
 )
-flags.DEFINE_integer("max_images", 0, "Use at most this many (0: all).")
+flags.DEFINE_integer(
+    "max_images", 0, "Train on at most this many images (0: all)."
+)
 flags.DEFINE_integer(
     "seed", 0, "Seed of the initial weights and of the augmentation."
 )
@@ -57,24 +79,58 @@ flags.register_validator(
 )
 
 
+def prepare_output_dir(path):
+    """Empties `path` for a new run, if the demo made it; else refuses.
+
+    A missing or empty folder is created and marked; a folder holding the
+    demo's marker file is replaced; any other existing path is left as it
+    is.
+
+    Raises:
+        FileExistsError: `path` exists and the demo did not make it.
+    """
+    marked = os.path.isfile(os.path.join(path, MARKER))
+    if marked and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path) and not (
+        os.path.isdir(path) and not os.listdir(path)
+    ):
+        raise FileExistsError(
+            f"--output_dir={path} exists and was not made by the demo (it "
+            f"has no {MARKER} marker file), so the demo will not replace "
+            "it. Pass a new --output_dir, or remove that folder yourself."
+        )
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, MARKER), "w") as f:
+        f.write("Made by recipes/demo.py; replaced by its next run.\n")
+
+
 def main(argv):
     del argv
+    prepare_output_dir(FLAGS.output_dir)
+    recipe_flags.require(
+        "demo",
+        [
+            ("tensorflow", "the tf.data input pipeline"),
+            ("matplotlib", "the learning-curve plot"),
+        ],
+        extras={"tensorflow": "demo", "matplotlib": "demo"},
+    )
     import keras
 
     from keras_dino import configs
     from keras_dino import pretraining
+    from keras_dino.data import CenterCropTransform
+    from keras_dino.data import load_npz
     from keras_dino.evaluation import extract_features
-    from keras_dino.evaluation import imagenet_preprocessing
     from keras_dino.evaluation import knn_classify
     from keras_dino.evaluation import knn_evaluate
-    from keras_dino.evaluation import load_npz
     from keras_dino.evaluation import paired_sign_test
     from keras_dino.evaluation.knn_monitor import KNNMonitor
     from keras_dino.evaluation.learning_curve import plot_learning_curve
     from keras_dino.evaluation.learning_curve import read_history
 
     out = FLAGS.output_dir
-    shutil.rmtree(out, ignore_errors=True)
     config = configs.get_config(
         "cifar10_vit_tiny",
         **configs.DEMO_OVERRIDES,
@@ -127,7 +183,7 @@ def main(argv):
     if not os.path.exists(teacher_path):
         model.teacher_backbone.save(teacher_path)
 
-    prep = imagenet_preprocessing(config["image_size"])
+    prep = CenterCropTransform(config["image_size"], crop_fraction=1.0)
     rows, correct = [], {}
     for name in ("initial_backbone", "teacher_backbone"):
         backbone = keras.saving.load_model(os.path.join(out, name + ".keras"))

@@ -8,12 +8,17 @@ weighted k-NN classifier for each k.
 Example:
 
 ```
-python recipes/eval_knn.py --backbone=runs/dino/teacher_backbone.keras \
-  --train_data=/data/cifar10_train.part0.npz,/data/cifar10_train.part1.npz \
-  --val_data=/data/cifar10_val.npz --cache_dir=runs/knn_cache
-python recipes/eval_knn.py --random_init --arch=ViT-S/16 \
-  --train_data=/data/imagenette224/train --val_data=/data/imagenette224/val
+python recipes/eval_knn.py --backbone=runs/demo/teacher_backbone.keras \
+  --train_data=recipes/data/cifar10_demo_train.npz \
+  --val_data=recipes/data/cifar10_demo_val.npz --crop_fraction=1.0
+python recipes/eval_knn.py --pretrained_weights=dino_vits16 \
+  --train_data=/data/imagenet/train --val_data=/data/imagenet/val \
+  --nb_knn=10,20,100,200 --cache_dir=runs/knn_cache
+python recipes/eval_knn.py --random_init --arch=vit_small --patch_size=16 \
+  --train_data=/data/imagenet/train --val_data=/data/imagenet/val
 ```
+
+Needs TensorFlow to read the images (`pip install "keras-dino[data]"`).
 """
 
 import json
@@ -34,15 +39,19 @@ recipe_flags.define_flags(
         flags.DEFINE_list,
         "ks",
         ["10", "20", "100", "200"],
-        "Numbers of neighbours.",
+        "Numbers of nearest neighbours k to report, comma-separated; one "
+        "accuracy line per k. Also accepted as --nb_knn, the reference's "
+        "name.",
     ),
     (
         flags.DEFINE_float,
         "temperature",
         0.07,
-        "Temperature of the k-NN weights.",
+        "Temperature T of the neighbours' votes: each votes with weight "
+        "exp(cosine similarity / T) (the reference's 0.07).",
     ),
 )
+flags.DEFINE_alias("nb_knn", "ks", flag_values=FLAGS)
 
 
 def main(argv):
@@ -55,8 +64,12 @@ def main(argv):
 
 
 def _run():
+    recipe_flags.require("eval_knn", recipe_flags.data_needs(FLAGS))
     from keras_dino import evaluation
 
+    ks = [int(k) for k in FLAGS.ks]
+    if min(ks) < 1:
+        raise ValueError(f"--ks must be positive numbers; got {FLAGS.ks}.")
     backbone = recipe_flags.load_backbone(FLAGS, image_size=FLAGS.image_size)
     image_size = FLAGS.image_size or backbone.image_size
     features = recipe_flags.split_features(
@@ -65,7 +78,7 @@ def _run():
     results = evaluation.knn_evaluate(
         *features["train"],
         *features["val"],
-        ks=[int(k) for k in FLAGS.ks],
+        ks=ks,
         temperature=FLAGS.temperature,
         num_classes=FLAGS.num_classes or None,
     )

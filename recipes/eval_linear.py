@@ -10,12 +10,17 @@ computed once (no augmentation), which fits a CPU.
 Example:
 
 ```
-python recipes/eval_linear.py --backbone=runs/dino/teacher_backbone.keras \
-  --train_data=/data/imagenette224/train --val_data=/data/imagenette224/val \
+python recipes/eval_linear.py --pretrained_weights=dino_vits16 \
+  --arch=vit_small --patch_size=16 --n_last_blocks=4 \
+  --train_data=/data/imagenet/train --val_data=/data/imagenet/val \
   --epochs=100 --batch_size=256
-python recipes/eval_linear.py --fast --backbone=backbone.keras \
-  --train_data=/data/cifar10_train.part0.npz --val_data=/data/cifar10_val.npz
+python recipes/eval_linear.py --fast --n_last_blocks=1 \
+  --backbone=runs/demo/teacher_backbone.keras --crop_fraction=1.0 \
+  --train_data=recipes/data/cifar10_demo_train.npz \
+  --val_data=recipes/data/cifar10_demo_val.npz
 ```
+
+Needs TensorFlow to read the images (`pip install "keras-dino[data]"`).
 """
 
 import json
@@ -29,16 +34,28 @@ import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
 
 FLAGS = flags.FlagValues()
 recipe_flags.define_backbone_flags(
-    FLAGS, seed_help="Seed of the initialisation / augmentation."
+    FLAGS,
+    seed_help="Seed of the classifier's initial weights, the training "
+    "augmentation and the order of the images (and of --random_init).",
 )
 recipe_flags.define_data_flags(
     FLAGS,
     batch_size=128,
-    batch_size_help="Batch size (scales the lr).",
-    crop_fraction_help="Validation centre crop.",
-    stream_help="With --fast: stream image folders / TFDS with keras_dino.data "
-    "(needs TensorFlow) instead of loading them into memory.",
-    cache_dir_help="Folder for cached features (--fast).",
+    batch_size_help="Images per training step of the classifier (and per "
+    "batch of the feature extraction); the learning rate is scaled by "
+    "batch_size / 256.",
+    crop_fraction_help="Centre crop of the validation images (and of all "
+    "images with --fast), as a fraction of the resized image: the short "
+    "side is resized to --image_size / crop_fraction pixels, then the "
+    "centre --image_size square is kept (0.875 = 224/256, the reference's; "
+    "1.0: no crop).",
+    stream_help="With --fast: stream the images batch by batch instead of "
+    "reading them all into memory first (for data sets larger than the "
+    "memory, e.g. ImageNet).",
+    cache_dir_help="With --fast: folder for the extracted features (.npz "
+    "files named after the backbone, data and preprocessing flags); a "
+    "later run with the same flags reads them instead of running the "
+    "backbone. Default: no cache.",
 )
 recipe_flags.define_flags(
     FLAGS,
@@ -46,23 +63,51 @@ recipe_flags.define_flags(
         flags.DEFINE_integer,
         "n_last_blocks",
         4,
-        "CLS tokens of the last n blocks.",
+        "Number of last transformer blocks whose CLS tokens are "
+        "concatenated into the classifier's input (at most the backbone's "
+        "depth). The reference uses 4 for ViT-S and 1 for ViT-B.",
     ),
-    (flags.DEFINE_bool, "avgpool_patchtokens", False, "Add mean patch token."),
-    (flags.DEFINE_integer, "epochs", 100, "Training epochs."),
+    (
+        flags.DEFINE_bool,
+        "avgpool_patchtokens",
+        False,
+        "Also concatenate the mean of the last block's patch tokens (needs "
+        "--n_last_blocks=1; the reference uses it for ViT-B).",
+    ),
+    (
+        flags.DEFINE_integer,
+        "epochs",
+        100,
+        "Training epochs of the classifier (passes over --train_data).",
+    ),
     (
         flags.DEFINE_float,
         "lr",
         0.001,
-        "Base learning rate, for batch size 256.",
+        "Learning rate of SGD (momentum 0.9) at batch size 256; the one used "
+        "is lr * batch_size / 256, decayed to 0 by a per-epoch cosine.",
     ),
-    (flags.DEFINE_bool, "fast", False, "Train the Dense on cached features."),
+    (
+        flags.DEFINE_bool,
+        "fast",
+        False,
+        "Extract the features once (centre crops, no augmentation) and "
+        "train the classifier on them: minutes on a CPU instead of a "
+        "backbone pass per step.",
+    ),
     (
         flags.DEFINE_string,
         "save_probe",
         None,
-        "Save the trained probe (.keras).",
+        "Also save the trained probe (backbone and classifier) to this "
+        ".keras file (default: not saved).",
     ),
+)
+flags.register_validator(
+    "n_last_blocks",
+    lambda n: n >= 1,
+    "--n_last_blocks must be at least 1.",
+    flag_values=FLAGS,
 )
 
 
@@ -94,15 +139,33 @@ def _fast_features(backbone, image_size):
     )
 
 
+def check_n_last_blocks(n_last_blocks, backbone):
+    """Raises a clear error if the backbone has fewer than n blocks."""
+    depth = int(backbone.num_layers)
+    if n_last_blocks > depth:
+        raise ValueError(
+            f"--n_last_blocks={n_last_blocks}, but the backbone has only "
+            f"{depth} transformer block(s): pass --n_last_blocks between 1 "
+            f"and {depth} (the reference uses 4 for ViT-S and 1 for ViT-B)."
+        )
+
+
 def _run():
+    recipe_flags.require("eval_linear", recipe_flags.data_needs(FLAGS))
     import keras
 
     from keras_dino import evaluation
 
     if FLAGS.stream and not FLAGS.fast:
         raise ValueError("--stream works with --fast only.")
+    if FLAGS.avgpool_patchtokens and FLAGS.n_last_blocks != 1:
+        raise ValueError(
+            "--avgpool_patchtokens needs --n_last_blocks=1 (as in the "
+            f"reference); got --n_last_blocks={FLAGS.n_last_blocks}."
+        )
     keras.utils.set_random_seed(FLAGS.seed)
     backbone = recipe_flags.load_backbone(FLAGS, image_size=FLAGS.image_size)
+    check_n_last_blocks(FLAGS.n_last_blocks, backbone)
     image_size = FLAGS.image_size or backbone.image_size
     if FLAGS.fast:
         data = _fast_features(backbone, image_size)

@@ -8,6 +8,7 @@ putting their own folder on `sys.path`.
 """
 
 import hashlib
+import importlib
 import os
 import sys
 
@@ -21,43 +22,123 @@ def define_flags(flag_values, *specs):
         define(name, default, help_text, flag_values=flag_values)
 
 
+# The reference's architecture names (`--arch vit_small --patch_size 16`)
+# and the variant letter each stands for.
+REFERENCE_ARCHS = {"vit_tiny": "T", "vit_small": "S", "vit_base": "B"}
+VARIANT_WIDTHS = {"T": 192, "S": 384, "B": 768}
+
+ARCH_HELP = (
+    "Architecture: a reference name, vit_tiny, vit_small or vit_base "
+    "(192, 384 or 768 wide, 12 blocks), with --patch_size; or a variant "
+    "name, ViT-T/16, ViT-S/16, ViT-S/8, ViT-B/16 or ViT-B/8 (width/patch). "
+    "Builds the network of --random_init. Given with --backbone or "
+    "--preset, it is checked against the loaded backbone."
+)
+
+
+def resolve_arch(arch, patch_size=None):
+    """The variant name and patch size of an `--arch` value.
+
+    Args:
+        arch: a reference name (`"vit_small"`) or a variant name
+            (`"ViT-S/16"`, or `"S/16"`).
+        patch_size: int, patch side in pixels for a reference name (which
+            has none); for a variant name it must agree or be None.
+
+    Returns:
+        `(variant, patch_size)`, e.g. `("ViT-S/8", 8)`.
+
+    Raises:
+        ValueError: for an unknown name, or a `patch_size` that contradicts
+            the variant name.
+    """
+    name = arch.strip()
+    if name.lower() in REFERENCE_ARCHS:
+        letter = REFERENCE_ARCHS[name.lower()]
+        patch = 16 if patch_size is None else int(patch_size)
+    else:
+        body = name[4:] if name.startswith("ViT-") else name
+        letter, _, patch_text = body.partition("/")
+        if letter not in VARIANT_WIDTHS or not patch_text.isdigit():
+            raise ValueError(
+                f"Unknown --arch {arch!r}. Use a reference name "
+                f"({', '.join(REFERENCE_ARCHS)}) with --patch_size, or a "
+                "variant name such as ViT-S/16 or ViT-B/8."
+            )
+        patch = int(patch_text)
+        if patch_size is not None and int(patch_size) != patch:
+            raise ValueError(
+                f"--arch={arch} has patch size {patch} but --patch_size="
+                f"{patch_size}; give one of them (e.g. --arch=vit_small "
+                f"--patch_size={patch_size})."
+            )
+    if patch < 1:
+        raise ValueError(f"The patch size must be positive; got {patch}.")
+    return f"ViT-{letter}/{patch}", patch
+
+
 def define_backbone_flags(
-    flag_values, arch="ViT-S/16", seed_help="Seed of --random_init."
+    flag_values,
+    arch="vit_small",
+    patch_size=16,
+    seed_help="Seed of the --random_init weights.",
 ):
-    """--backbone, --preset, --arch, --random_init and --seed."""
+    """--backbone, --preset (alias --pretrained_weights), --arch,
+    --patch_size, --random_init and --seed."""
     define_flags(
         flag_values,
         (
             flags.DEFINE_string,
             "backbone",
             None,
-            "Backbone (or DINO model) .keras file.",
+            "Path of a .keras file holding a ViTBackbone, or a whole DINO "
+            "model (its teacher backbone is used), e.g. "
+            "runs/vits16/teacher_backbone.keras. Give exactly one of "
+            "--backbone, --preset and --random_init.",
         ),
         (
             flags.DEFINE_string,
             "preset",
             None,
-            "Preset / checkpoint for from_preset.",
+            "Pretrained weights: a preset name (e.g. dino_vits16, "
+            "dino_vitb8: the official DINO backbones), a reference .pth or "
+            ".safetensors file, a Hugging Face id such as "
+            "facebook/dino-vits16 with a local copy, or a URL. Also "
+            "accepted as --pretrained_weights, the reference's name.",
         ),
-        (flags.DEFINE_string, "arch", arch, "Variant used with --random_init."),
+        (flags.DEFINE_string, "arch", arch, ARCH_HELP),
+        (
+            flags.DEFINE_integer,
+            "patch_size",
+            patch_size,
+            "Patch side in pixels (16 or 8) of a reference --arch name; a "
+            "variant name such as ViT-S/8 carries its own.",
+        ),
         (
             flags.DEFINE_bool,
             "random_init",
             False,
-            "Randomly initialised --arch.",
+            "Evaluate a randomly initialised --arch network instead of "
+            "trained weights: the baseline that learned features are "
+            "compared with.",
         ),
         (flags.DEFINE_integer, "seed", 0, seed_help),
     )
+    flags.DEFINE_alias("pretrained_weights", "preset", flag_values=flag_values)
 
 
 def define_data_flags(
     flag_values,
     batch_size=64,
-    batch_size_help="Feature extraction batch size.",
-    crop_fraction_help="Centre crop (224/256 in DINO).",
-    stream_help="Stream image folders / TFDS with keras_dino.data (needs "
-    "TensorFlow) instead of loading them into memory.",
-    cache_dir_help="Folder for cached .npz features.",
+    batch_size_help="Images per batch of the feature extraction.",
+    crop_fraction_help=None,
+    stream_help="Stream the images batch by batch instead of reading "
+    "them all into memory first (for data sets larger than the memory, "
+    "e.g. ImageNet).",
+    cache_dir_help="Folder for the extracted features (.npz files named "
+    "after the backbone, data and preprocessing flags): a later run with "
+    "the same flags reads them instead of running the backbone. Default: "
+    "no cache.",
 ):
     """The labelled train / validation data flags of the k-NN and linear evals.
 
@@ -66,35 +147,58 @@ def define_data_flags(
     --cache_dir and --results_json; the arguments are the recipe's own
     --batch_size default and help texts.
     """
+    if crop_fraction_help is None:
+        crop_fraction_help = (
+            "Centre crop, as a fraction of the resized image: the short "
+            "side is resized to --image_size / crop_fraction pixels, then "
+            "the centre --image_size square is kept (0.875 = 224/256, the "
+            "reference's; 1.0: no crop)."
+        )
     define_flags(
         flag_values,
         (
             flags.DEFINE_string,
             "train_data",
             None,
-            "Comma-separated .npz files, image folder or tfds:<name>:<split>.",
+            "Labelled training images: comma-separated .npz files (arrays "
+            "images (N, H, W, 3) uint8 and labels (N,) int), an image "
+            "folder root/<class>/<image> (JPEG, PNG, BMP, GIF, WebP), or "
+            "tfds:<name>:<split> (needs tensorflow-datasets, e.g. "
+            "tfds:imagenette/320px-v2:train).",
         ),
         (
             flags.DEFINE_string,
             "val_data",
             None,
-            "Same formats as --train_data.",
+            "Labelled validation images, in the same forms as --train_data.",
         ),
         (
             flags.DEFINE_integer,
             "max_train",
             0,
-            "Use at most this many (0: all).",
+            "Use at most this many training images (0: all; from a folder "
+            "they are taken evenly from each class).",
         ),
-        (flags.DEFINE_integer, "max_val", 0, "Use at most this many (0: all)."),
-        (flags.DEFINE_integer, "image_size", 0, "Input size (0: backbone's)."),
+        (
+            flags.DEFINE_integer,
+            "max_val",
+            0,
+            "Use at most this many validation images (0: all).",
+        ),
+        (
+            flags.DEFINE_integer,
+            "image_size",
+            0,
+            "Side in pixels of the square the backbone sees (0: the "
+            "backbone's own training size, e.g. 224 for the presets).",
+        ),
         (flags.DEFINE_float, "crop_fraction", 0.875, crop_fraction_help),
         (flags.DEFINE_integer, "batch_size", batch_size, batch_size_help),
         (
             flags.DEFINE_integer,
             "num_classes",
             0,
-            "Number of classes (0: infer).",
+            "Number of classes (0: one more than the largest label seen).",
         ),
         (flags.DEFINE_bool, "stream", False, stream_help),
         (flags.DEFINE_string, "cache_dir", None, cache_dir_help),
@@ -102,12 +206,76 @@ def define_data_flags(
             flags.DEFINE_string,
             "results_json",
             None,
-            "Also write the results here.",
+            "Also write the results to this JSON file (default: printed only).",
         ),
     )
     flags.mark_flags_as_required(
         ["train_data", "val_data"], flag_values=flag_values
     )
+
+
+# Optional dependencies: import name -> (pip package, extra that installs
+# it). The extras are those of setup.cfg.
+OPTIONAL_DEPENDENCIES = {
+    "tensorflow": ("tensorflow", "data"),
+    "tensorflow_datasets": ("tensorflow-datasets", "data"),
+    "tensorboard": ("tensorboard", "data"),
+    "matplotlib": ("matplotlib", "eval"),
+    "PIL": ("pillow", "eval"),
+}
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a recipe needs for the given flags is missing."""
+
+
+def require(recipe, needs, extras=None):
+    """Checks that the optional packages a run needs import, before it starts.
+
+    Args:
+        recipe: the recipe's name, for the message.
+        needs: iterable of `(import name, what it is needed for)`.
+        extras: optional dict `import name -> extra` overriding the extra
+            named in the message (e.g. `{"matplotlib": "demo"}`).
+
+    Raises:
+        MissingDependencyError: naming every missing package, what it is
+            needed for and the `pip install` command that adds it.
+    """
+    missing = []
+    for module, purpose in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append((module, purpose))
+    if not missing:
+        return
+    extras = {
+        **{m: e for m, (_, e) in OPTIONAL_DEPENDENCIES.items()},
+        **(extras or {}),
+    }
+    lines = [
+        f"  {OPTIONAL_DEPENDENCIES[m][0]} ({purpose})" for m, purpose in missing
+    ]
+    names = sorted({extras[m] for m, _ in missing})
+    raise MissingDependencyError(
+        f"{recipe} needs packages that are not installed:\n"
+        + "\n".join(lines)
+        + "\nInstall them with: pip install "
+        + " ".join(f'"keras-dino[{name}]"' for name in names)
+        + " (from a clone: pip install -e "
+        + " ".join(f'".[{name}]"' for name in names)
+        + ")."
+    )
+
+
+def data_needs(flag_values):
+    """`(import name, purpose)` pairs the --train_data / --val_data need."""
+    needs = [("tensorflow", "reading and preprocessing the images")]
+    sources = (flag_values.train_data or "", flag_values.val_data or "")
+    if any(source.startswith("tfds:") for source in sources):
+        needs.append(("tensorflow_datasets", "the tfds: data sources"))
+    return needs
 
 
 def parse_and_run(flag_values, argv, run_fn):
@@ -137,18 +305,45 @@ def run(run_fn, flag_values):
 
 
 def load_backbone(flag_values, image_size=0):
-    """The backbone given by the backbone flags (`image_size` 0: its own)."""
+    """The backbone given by the backbone flags (`image_size` 0: its own).
+
+    With --random_init, builds --arch (with --patch_size); with --backbone
+    or --preset, an --arch given on the command line must match the
+    loaded backbone's width and patch size.
+    """
     from keras_dino import evaluation
 
+    variant, patch = resolve_arch(
+        flag_values.arch,
+        flag_values.patch_size
+        if flag_values["patch_size"].present
+        or flag_values.arch.lower() in REFERENCE_ARCHS
+        else None,
+    )
     kwargs = {"image_size": image_size} if image_size else {}
-    return evaluation.load_backbone(
+    if flag_values.random_init:
+        # The table's /16 variant of this width, at the asked patch size.
+        kwargs["patch_size"] = patch
+        variant = variant.split("/")[0] + "/16"
+    backbone = evaluation.load_backbone(
         path=flag_values.backbone,
         preset=flag_values.preset,
-        arch=flag_values.arch,
+        arch=variant,
         random_init=flag_values.random_init,
         seed=flag_values.seed,
         **kwargs,
     )
+    if not flag_values.random_init and flag_values["arch"].present:
+        width = VARIANT_WIDTHS[variant[4]]
+        got = (int(backbone.hidden_dim), int(backbone.patch_size))
+        if got != (width, patch):
+            raise ValueError(
+                f"--arch={flag_values.arch} (width {width}, patch {patch}) "
+                f"does not match the loaded backbone (width {got[0]}, patch "
+                f"{got[1]}). Drop --arch (it is read from the weights) or "
+                "give the matching one."
+            )
+    return backbone
 
 
 def data_splits(flag_values):
@@ -161,9 +356,9 @@ def data_splits(flag_values):
 
 def load_split(split, source, max_examples, image_size):
     """`(images, labels)` of one split, in memory."""
-    from keras_dino import evaluation
+    from keras_dino import data
 
-    images, labels = evaluation.load_labeled_images(
+    images, labels = data.load_labeled_images(
         source, image_size=image_size, max_examples=max_examples
     )
     print(f"{split}: {len(images)} images from {source}")
@@ -205,9 +400,10 @@ def split_features(
     as a `tf.data` pipeline by `keras_dino.data`; the features are cached
     in --cache_dir when it is set.
     """
+    from keras_dino import data
     from keras_dino import evaluation
 
-    preprocessing = evaluation.imagenet_preprocessing(
+    preprocessing = data.CenterCropTransform(
         image_size, crop_fraction=flag_values.crop_fraction
     )
     features = {}
@@ -219,7 +415,7 @@ def split_features(
             ),
         }
         if flag_values.stream:
-            dataset = evaluation.labeled_dataset(
+            dataset = data.labeled_dataset(
                 source,
                 image_size,
                 batch_size=flag_values.batch_size,

@@ -3,39 +3,63 @@
 One row per image: the original (resized), then the 2 global crops and the
 local crops, un-normalised for display.
 
-    python recipes/show_crops.py \
-        --images_dir=../shared/data/imagenette224/val \
+    python recipes/show_crops.py --images_dir=/data/imagenet/val \
         --num_images=4 --output=/tmp/crops.png
+
+Without --images_dir it reads `$KERAS_DINO_DATA/imagenette224/val` when
+the environment variable KERAS_DINO_DATA names a data folder. Needs
+TensorFlow and Pillow: `pip install "keras-dino[data,eval]"`.
 """
 
 import glob
 import os
+import sys
 
 from absl import app
 from absl import flags
 
-_SHARED_DATA = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
+
 _IMAGES_DIR = flags.DEFINE_string(
     "images_dir",
-    os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "..",
-        "..",
-        "shared",
-        "data",
-        "imagenette224",
-        "val",
-    ),
-    "Folder of images (searched recursively for JPEG/PNG/BMP/GIF).",
+    None,
+    "Folder of images, searched recursively (JPEG, PNG, BMP, GIF, WebP). "
+    "Default: $KERAS_DINO_DATA/imagenette224/val if KERAS_DINO_DATA is set.",
 )
 _OUTPUT = flags.DEFINE_string("output", "crops.png", "PNG file to write.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Rows of the grid.")
-_NUM_LOCAL = flags.DEFINE_integer("num_local_crops", 8, "Local crops.")
-_GLOBAL_SIZE = flags.DEFINE_integer("global_crop_size", 224, "Global size.")
-_LOCAL_SIZE = flags.DEFINE_integer("local_crop_size", 96, "Local size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.")
+_NUM_IMAGES = flags.DEFINE_integer(
+    "num_images", 4, "Images shown, one row each."
+)
+_NUM_LOCAL = flags.DEFINE_integer(
+    "num_local_crops", 8, "Local crops per image (after the 2 global ones)."
+)
+_GLOBAL_SIZE = flags.DEFINE_integer(
+    "global_crop_size", 224, "Side of the global crops, in pixels."
+)
+_LOCAL_SIZE = flags.DEFINE_integer(
+    "local_crop_size", 96, "Side of the local crops, in pixels."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the augmentation.")
+
+
+def images_dir(flag_value, environ=os.environ):
+    """The folder to read: the flag, else $KERAS_DINO_DATA's; checked."""
+    if flag_value:
+        folder = flag_value
+    elif environ.get("KERAS_DINO_DATA"):
+        folder = os.path.join(
+            environ["KERAS_DINO_DATA"], "imagenette224", "val"
+        )
+    else:
+        raise app.UsageError(
+            "show_crops needs images: pass --images_dir=<folder of images> "
+            "or set KERAS_DINO_DATA to a data folder holding "
+            "imagenette224/val."
+        )
+    if not os.path.isdir(folder):
+        raise app.UsageError(f"The image folder {folder} does not exist.")
+    return folder
 
 
 def crop_grid(images, augmentation, seed=0, pad=4):
@@ -82,6 +106,11 @@ def crop_grid(images, augmentation, seed=0, pad=4):
 
 def main(argv):
     del argv
+    folder = images_dir(_IMAGES_DIR.value)
+    recipe_flags.require(
+        "show_crops",
+        [("tensorflow", "the augmentation"), ("PIL", "writing the PNG")],
+    )
     import tensorflow as tf
     from PIL import Image
 
@@ -91,13 +120,11 @@ def main(argv):
 
     paths = sorted(
         p
-        for p in glob.glob(
-            os.path.join(_IMAGES_DIR.value, "**", "*"), recursive=True
-        )
+        for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
         if p.lower().endswith(IMAGE_EXTENSIONS)
     )[: _NUM_IMAGES.value]
     if not paths:
-        raise ValueError(f"No image file found in {_IMAGES_DIR.value!r}.")
+        raise ValueError(f"No image file found in {folder!r}.")
     images = [decode_image(tf.io.read_file(p)) for p in paths]
     augmentation = MultiCropAugmentation(
         global_crop_size=_GLOBAL_SIZE.value,

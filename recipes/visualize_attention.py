@@ -8,9 +8,15 @@ mass, as PNG files.
 Example:
 
 ```
-python recipes/visualize_attention.py --backbone=backbone.keras \
-  --image_path=/data/imagenette224/val/n01440764/x.JPEG --output_dir=attn
+python recipes/visualize_attention.py --pretrained_weights=dino_vits8 \
+  --arch=vit_small --patch_size=8 --image_path=photo.jpg --output_dir=attn
+python recipes/visualize_attention.py \
+  --backbone=runs/demo/teacher_backbone.keras --image_size=96 \
+  --image_path=a.jpg,b.png --output_dir=attn --figure=attn/grid.png
 ```
+
+Needs TensorFlow (to read the images) and matplotlib (to write the PNG
+files): `pip install "keras-dino[data,eval]"`.
 """
 
 import os
@@ -22,24 +28,40 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
 
 FLAGS = flags.FlagValues()
-recipe_flags.define_backbone_flags(FLAGS, arch="ViT-S/8")
-flags.DEFINE_list("image_path", None, "Image file(s).", flag_values=FLAGS)
+recipe_flags.define_backbone_flags(FLAGS, arch="vit_small", patch_size=8)
+flags.DEFINE_list(
+    "image_path",
+    None,
+    "Image file(s) to show the attention of, comma-separated (JPEG, PNG, "
+    "BMP, GIF, WebP).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
-    "image_size", 480, "Resize images to this size.", flag_values=FLAGS
+    "image_size",
+    480,
+    "Side in pixels the images are resized to (a square) before being "
+    "cropped to a multiple of the patch size (the reference's 480).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_float(
     "threshold",
     0.6,
-    "Attention mass kept by the masks (<= 0: no masks).",
+    "Fraction of each head's attention mass its mask keeps: the smallest "
+    "set of patches holding this share (<= 0: no masks).",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "output_dir", ".", "Where the PNG files go.", flag_values=FLAGS
+    "output_dir",
+    ".",
+    "Folder for the PNG files (one subfolder per image when there are "
+    "several); created if missing.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
     "figure",
     None,
-    "Also write one PNG grid of all images and heads to this file.",
+    "Also write one PNG grid of all images and heads to this file "
+    "(default: none).",
     flag_values=FLAGS,
 )
 flags.mark_flags_as_required(["image_path"], flag_values=FLAGS)
@@ -55,14 +77,23 @@ def main(argv):
 
 
 def _run():
+    recipe_flags.require(
+        "visualize_attention",
+        [
+            ("tensorflow", "reading the images"),
+            ("matplotlib", "writing the PNG files"),
+        ],
+    )
+    from keras_dino import data
     from keras_dino import evaluation
+    from keras_dino import layers
 
     backbone = recipe_flags.load_backbone(FLAGS)
-    preprocessing = evaluation.imagenet_preprocessing()
+    preprocessing = layers.ImagePreprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
     written, rows = [], []
     for path in FLAGS.image_path:
-        image = evaluation.load_image(path, FLAGS.image_size)
+        image = data.load_image(path, FLAGS.image_size)
         output_dir = FLAGS.output_dir
         if len(FLAGS.image_path) > 1:
             stem = os.path.splitext(os.path.basename(path))[0]

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Installs keras_dino with its test dependencies into a virtual environment
-# (.venv by default) and runs the whole test suite once per Keras backend:
-# TensorFlow, JAX and PyTorch. Exits non-zero if any backend fails.
+# The README's test command, and exactly what CI runs (.ci/run).
+#
+# Installs keras_dino with its test dependencies (the [test] extra, which
+# includes ruff) into a virtual environment (.venv by default; set VENV to
+# use another), checks the code with `ruff check` and `ruff format --check`,
+# and runs the whole test suite once per Keras backend: TensorFlow, JAX and
+# PyTorch. Needs Python 3.10+ with pip; no data beside the repository and no
+# network access other than pip's. Exits non-zero if the lint or any
+# backend fails (all of them are run either way, so one run reports all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
@@ -10,8 +16,11 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA one.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[test]"
-export TF_CPP_MIN_LOG_LEVEL=3
 status=0
+echo "=== ruff check . && ruff format --check ."
+"$venv/bin/python" -m ruff check . || status=1
+"$venv/bin/python" -m ruff format --check . || status=1
+export TF_CPP_MIN_LOG_LEVEL=3
 for backend in tensorflow jax torch; do
   echo "=== KERAS_BACKEND=$backend"
   KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider \

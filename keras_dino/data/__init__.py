@@ -1,7 +1,9 @@
 """tf.data input pipelines for DINO: multi-crop augmentation and readers.
 
-This is the only part of `keras_dino` that imports TensorFlow; the pipelines
-feed `fit` on every Keras backend.
+This is the only part of `keras_dino` that imports TensorFlow, and the only
+part that reads images: folders, `.npz` files, TFDS and the source strings
+of the recipes (`"a.npz,b.npz"`, a folder, `"tfds:<name>:<split>"`). The
+pipelines feed `fit` and `keras_dino.evaluation` on every Keras backend.
 """
 
 from keras_dino.data.arrays import from_arrays
@@ -13,11 +15,16 @@ from keras_dino.data.image_folder import IMAGE_EXTENSIONS
 from keras_dino.data.image_folder import decode_image
 from keras_dino.data.image_folder import from_image_folder
 from keras_dino.data.image_folder import list_image_files
-from keras_dino.data.multi_crop import IMAGENET_MEAN
-from keras_dino.data.multi_crop import IMAGENET_STD
 from keras_dino.data.multi_crop import MultiCropAugmentation
+from keras_dino.data.random_resized_crop import RandomResizedCropTransform
 from keras_dino.data.random_resized_crop import sample_crop_boxes
+from keras_dino.data.sources import labeled_dataset
+from keras_dino.data.sources import load_image
+from keras_dino.data.sources import load_labeled_images
+from keras_dino.data.sources import parse_source
 from keras_dino.data.tfds import from_tfds
+from keras_dino.layers.preprocessing import IMAGENET_MEAN
+from keras_dino.layers.preprocessing import IMAGENET_STD
 
 __all__ = [
     "BadFileReport",
@@ -26,12 +33,17 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "MultiCropAugmentation",
+    "RandomResizedCropTransform",
     "decode_image",
     "from_arrays",
     "from_image_folder",
     "from_npz",
     "from_tfds",
+    "labeled_dataset",
     "list_image_files",
+    "load_image",
+    "load_labeled_images",
     "load_npz",
+    "parse_source",
     "sample_crop_boxes",
 ]

@@ -107,15 +107,23 @@ def from_arrays(
     )
 
 
-def load_npz(paths):
+def load_npz(paths, max_examples=None):
     """Loads and concatenates the `images` and `labels` of `.npz` files.
 
+    The one `.npz` contract of keras_dino: key `images`, uint8 `(N, H, W,
+    C)` (C = 1, 3 or 4) or `(N, H, W)`, and optional key `labels`, int
+    `(N,)`.
+
     Args:
-        paths: a path or a list of paths of `.npz` files with keys `images`
-            (uint8 `(N, H, W, 3)`) and `labels` (int `(N,)`, optional).
+        paths: a path or a list of paths of `.npz` files.
+        max_examples: optional int, keep the first rows only.
 
     Returns:
-        Tuple `(images, labels)`; labels are -1 for files without them.
+        Tuple `(images, labels)`; labels are int64, -1 for files without
+        them.
+
+    Example:
+    >>> images, labels = load_npz(["part1.npz", "part2.npz"])
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -129,20 +137,30 @@ def load_npz(paths):
                     f"{os.fspath(path)!r} has no `images` array. Found keys: "
                     f"{sorted(data.keys())}."
                 )
+            count = len(data["images"])
             images.append(data["images"])
             if "labels" in data:
-                labels.append(data["labels"].astype(np.int64))
+                file_labels = data["labels"].astype(np.int64).reshape(-1)
+                if len(file_labels) != count:
+                    raise ValueError(
+                        f"{os.fspath(path)!r} holds {count} images but "
+                        f"{len(file_labels)} labels."
+                    )
+                labels.append(file_labels)
             else:
-                labels.append(np.full([len(data["images"])], -1, np.int64))
-    return np.concatenate(images), np.concatenate(labels)
+                labels.append(np.full([count], -1, np.int64))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if max_examples is not None:
+        images, labels = images[:max_examples], labels[:max_examples]
+    return images, labels
 
 
 def from_npz(paths, augmentation=None, batch_size=64, **kwargs):
     """`from_arrays` on the concatenated `images`/`labels` of `.npz` files.
 
     Args:
-        paths: a path or a list of paths of `.npz` files (keys `images`
-            and `labels`, as in the CIFAR-10 files of ../shared/data).
+        paths: a path or a list of paths of `.npz` files (see
+            `load_npz`).
         augmentation: callable `(image, seed) -> crops`, by default
             `MultiCropAugmentation(seed=seed)`.
         batch_size: number of images per batch.

@@ -3,8 +3,8 @@
 import tensorflow as tf
 
 from keras_dino.data import color
-from keras_dino.data.multi_crop import IMAGENET_MEAN
-from keras_dino.data.multi_crop import IMAGENET_STD
+from keras_dino.layers.preprocessing import IMAGENET_MEAN
+from keras_dino.layers.preprocessing import IMAGENET_STD
 
 
 class CenterCropTransform:
@@ -15,14 +15,21 @@ class CenterCropTransform:
     side `int(resize_size * long / short)`), `CenterCrop(image_size)`,
     `ToTensor`, `Normalize(mean, std)`. Same call signature as
     `MultiCropAugmentation`, so it plugs into the readers; it uses no
-    randomness.
+    randomness. It is the one evaluation transform of `keras_dino`: the
+    readers use it in `tf.data`, and called on a batch `(N, H, W, C)` (a
+    numpy array, say) it is the `preprocessing` of
+    `keras_dino.evaluation.extract_features`.
 
     Args:
         image_size: side of the output image.
         resize_size: size of the shorter side before cropping; `None` means
-            `int(image_size * 256 / 224)`.
+            `int(image_size * 256 / 224)` (or `crop_fraction`'s).
         mean: per-channel mean subtracted from the [0, 1] pixels.
         std: per-channel standard deviation the pixels are divided by.
+        crop_fraction: alternative to `resize_size`: the crop keeps this
+            fraction of the resized shorter side, `resize_size =
+            round(image_size / crop_fraction)` (224 / 256 = 0.875 in the
+            reference).
 
     Example:
 
@@ -40,11 +47,25 @@ class CenterCropTransform:
         resize_size=None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        crop_fraction=None,
     ):
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(
                 f"`image_size` must be a positive int. Received: {image_size!r}"
             )
+        if crop_fraction is not None:
+            if resize_size is not None:
+                raise ValueError(
+                    "Give `resize_size` or `crop_fraction`, not both. "
+                    f"Received: resize_size={resize_size}, "
+                    f"crop_fraction={crop_fraction}"
+                )
+            if not 0.0 < crop_fraction <= 1.0:
+                raise ValueError(
+                    "`crop_fraction` must be in (0, 1]. Received: "
+                    f"{crop_fraction!r}"
+                )
+            resize_size = int(round(image_size / crop_fraction))
         if resize_size is None:
             resize_size = int(image_size * 256 / 224)
         if resize_size < image_size:
@@ -59,15 +80,28 @@ class CenterCropTransform:
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, image, seed=None):
-        """Returns the float32 `(image_size, image_size, 3)` image."""
+        """The float32 `(image_size, image_size, 3)` image.
+
+        Args:
+            image: `(H, W, C)` image or `(N, H, W, C)` batch, C = 1, 3 or
+                4; unsigned integers (uint8, uint16: scaled by the dtype's
+                maximum) or floats in [0, 1].
+            seed: unused (no randomness); for the readers' signature.
+
+        Returns:
+            float32 tensor `(image_size, image_size, 3)`, or
+            `(N, image_size, image_size, 3)` for a batch.
+        """
         del seed
         image = tf.convert_to_tensor(image)
-        if image.shape[-1] == 1:
-            image = tf.tile(image, [1, 1, 3])
-        elif image.shape[-1] == 4:
-            image = image[..., :3]
+        if image.shape.rank not in (3, 4):
+            raise ValueError(
+                "Expected an image (H, W, C) or a batch (N, H, W, C). "
+                f"Received shape {image.shape}."
+            )
+        image = color.to_rgb(image)
         shape = tf.shape(image)
-        h, w = shape[0], shape[1]
+        h, w = shape[-3], shape[-2]
         short = tf.minimum(h, w)
         scale = self.resize_size / tf.cast(short, tf.float64)
         new_h = tf.where(
@@ -93,8 +127,8 @@ class CenterCropTransform:
         left = tf.cast(
             tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32
         )
-        crop = resized[top : top + size, left : left + size]
-        crop = tf.ensure_shape(crop, (size, size, 3))
+        crop = resized[..., top : top + size, left : left + size, :]
+        crop = tf.ensure_shape(crop, image.shape[:-3] + (size, size, 3))
         return color.normalize(crop, self.mean, self.std)
 
     def get_config(self):

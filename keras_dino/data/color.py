@@ -161,3 +161,27 @@ def normalize(image, mean, std):
     inv_std = [1.0 / s for s in std]
     offset = tf.constant([-m * i for m, i in zip(mean, inv_std)], tf.float32)
     return affine(image, tf.linalg.diag(inv_std), offset, clip=False)
+
+
+def to_rgb(image):
+    """RGB channels of an `(..., C)` image: gray repeated, alpha dropped.
+
+    As PIL's `convert("RGB")` for grayscale and RGBA images.
+
+    Args:
+        image: tensor with 1, 3 or 4 channels on its last axis.
+
+    Returns:
+        The tensor with 3 channels.
+    """
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.concat([image] * 3, axis=-1)
+    if channels == 4:
+        return image[..., :3]
+    if channels is not None and channels != 3:
+        raise ValueError(
+            "Images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) "
+            f"channels. Received shape {image.shape}."
+        )
+    return image

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras_dino.data import pipeline
 from keras_dino.data.bad_file_report import BadFileReport
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def _is_image(name):

@@ -11,9 +11,8 @@ from keras_dino.data.random_resized_crop import UNIFORMS_PER_BOX
 from keras_dino.data.random_resized_crop import check_range
 from keras_dino.data.random_resized_crop import crop_boxes_from_uniforms
 from keras_dino.data.random_resized_crop import resized_crop
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_dino.layers.preprocessing import IMAGENET_MEAN
+from keras_dino.layers.preprocessing import IMAGENET_STD
 
 # Layout of the uniform draws of one crop.
 _BOX = slice(0, UNIFORMS_PER_BOX)
@@ -335,16 +334,7 @@ class MultiCropAugmentation:
                 "(height, width, channels); batch after augmenting. "
                 f"Received shape {image.shape}."
             )
-        channels = image.shape[-1]
-        if channels == 1:
-            image = tf.tile(image, [1, 1, 3])
-        elif channels == 4:
-            image = image[..., :3]
-        elif channels is not None and channels != 3:
-            raise ValueError(
-                "Images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) "
-                f"channels. Received shape {image.shape}."
-            )
+        image = color.to_rgb(image)
         if not (image.dtype == tf.uint8 or image.dtype.is_floating):
             raise ValueError(
                 "Images must be uint8 in [0, 255] or float in [0, 1]. "

@@ -10,8 +10,13 @@ other rules, so the sampling is written here with stateless TensorFlow ops.
 """
 
 import math
+import random
 
 import tensorflow as tf
+
+from keras_dino.data import color
+from keras_dino.layers.preprocessing import IMAGENET_MEAN
+from keras_dino.layers.preprocessing import IMAGENET_STD
 
 NUM_TRIES = 10
 UNIFORMS_PER_BOX = NUM_TRIES * 4
@@ -150,7 +155,7 @@ def sample_crop_boxes(
     )
 
 
-def resized_crop(image, box, size, antialias=True):
+def resized_crop(image, box, size, antialias=True, method="bicubic"):
     """Crops `image` to `box` and resizes the crop to `size` x `size`.
 
     The resize is bicubic (Keys cubic, a = -0.5, as PIL's BICUBIC filter),
@@ -163,6 +168,9 @@ def resized_crop(image, box, size, antialias=True):
         box: int tensor `(top, left, crop_height, crop_width)`.
         size: output side length in pixels.
         antialias: whether to low-pass filter when shrinking.
+        method: `tf.image.resize` method; `"bicubic"` (DINO's multi-crop)
+            or `"bilinear"` (torchvision's `RandomResizedCrop` default, as
+            in the reference linear evaluation).
 
     Returns:
         float32 tensor `(size, size, C)` with values clipped to [0, 1].
@@ -171,7 +179,7 @@ def resized_crop(image, box, size, antialias=True):
 
     def resize(antialias):
         return tf.image.resize(
-            crop, (size, size), method="bicubic", antialias=antialias
+            crop, (size, size), method=method, antialias=antialias
         )
 
     if antialias:
@@ -184,3 +192,127 @@ def resized_crop(image, box, size, antialias=True):
     if image.dtype.is_integer:
         out = out * (1.0 / image.dtype.max)
     return tf.clip_by_value(out, 0.0, 1.0)
+
+
+class RandomResizedCropTransform:
+    """Random resized crop, horizontal flip, normalisation (one crop).
+
+    The training transform of the reference linear evaluation:
+    `RandomResizedCrop(image_size)` (torchvision's box sampling, bilinear
+    resize), `RandomHorizontalFlip()`, `ToTensor`, `Normalize(mean, std)`.
+    Same call signature as `MultiCropAugmentation`, so it plugs into the
+    readers; all randomness is stateless, seeded by `(seed,
+    element_seed)`.
+
+    Args:
+        image_size: side of the output image.
+        scale: `(min, max)` crop area as a fraction of the image area.
+        ratio: `(min, max)` crop aspect ratio (width / height).
+        flip_prob: probability of a horizontal flip.
+        interpolation: `"bilinear"` (torchvision's default) or
+            `"bicubic"`.
+        mean: per-channel mean subtracted from the [0, 1] pixels.
+        std: per-channel standard deviation the pixels are divided by.
+        seed: int seed; `None` picks a random one.
+
+    Example:
+
+    ```python
+    ds = from_arrays(x_train, y_train, RandomResizedCropTransform(224),
+                     batch_size=256, with_labels=True, seed=0)
+    ```
+    """
+
+    def __init__(
+        self,
+        image_size=224,
+        scale=(0.08, 1.0),
+        ratio=(3.0 / 4.0, 4.0 / 3.0),
+        flip_prob=0.5,
+        interpolation="bilinear",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        seed=None,
+    ):
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(
+                f"`image_size` must be a positive int. Received: {image_size!r}"
+            )
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(
+                "`interpolation` must be 'bilinear' or 'bicubic'. Received: "
+                f"{interpolation!r}"
+            )
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(
+                f"`flip_prob` must be in [0, 1]. Received: {flip_prob!r}"
+            )
+        self.image_size = image_size
+        self.scale = check_range("scale", scale, low=0.0)
+        self.ratio = check_range("ratio", ratio, low=0.0)
+        self.flip_prob = float(flip_prob)
+        self.interpolation = interpolation
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.seed = seed
+        self._base_seed = (
+            int(seed) if seed is not None else random.randint(0, 2**31 - 1)
+        )
+
+    @tf.autograph.experimental.do_not_convert
+    def __call__(self, image, seed=0):
+        """The float32 `(image_size, image_size, 3)` crop of one image.
+
+        Args:
+            image: `(H, W, C)` image, C = 1, 3 or 4; unsigned integers
+                (scaled by the dtype's maximum) or floats in [0, 1].
+            seed: element seed (int scalar), e.g. from
+                `tf.data.Dataset.random`.
+
+        Returns:
+            float32 tensor `(image_size, image_size, 3)`.
+        """
+        image = color.to_rgb(tf.convert_to_tensor(image))
+        element_seed = tf.stack(
+            [
+                tf.constant(self._base_seed, tf.int64),
+                tf.cast(tf.convert_to_tensor(seed), tf.int64),
+            ]
+        )
+        uniforms = tf.random.stateless_uniform(
+            [UNIFORMS_PER_BOX + 1], seed=element_seed
+        )
+        shape = tf.shape(image)
+        box = crop_boxes_from_uniforms(
+            shape[0],
+            shape[1],
+            uniforms[:UNIFORMS_PER_BOX],
+            self.scale,
+            self.ratio,
+        )
+        crop = resized_crop(
+            image, box, self.image_size, method=self.interpolation
+        )
+        crop = tf.cond(
+            uniforms[UNIFORMS_PER_BOX] < self.flip_prob,
+            lambda: tf.reverse(crop, axis=[1]),
+            lambda: crop,
+        )
+        crop = tf.ensure_shape(crop, (self.image_size, self.image_size, 3))
+        return color.normalize(crop, self.mean, self.std)
+
+    def get_config(self):
+        return {
+            "image_size": self.image_size,
+            "scale": self.scale,
+            "ratio": self.ratio,
+            "flip_prob": self.flip_prob,
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

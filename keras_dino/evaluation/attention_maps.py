@@ -60,7 +60,9 @@ def attention_maps(
             unless `preprocessing` is given. It is cropped at the top left
             to multiples of the patch size, as in the reference.
         preprocessing: optional callable applied to the image batch
-            `image[None]` first, e.g. `imagenet_preprocessing()`.
+            `image[None]` first, e.g.
+            `keras_dino.layers.ImagePreprocessing()` (ImageNet
+            normalisation).
         patch_size: int; defaults to `backbone.patch_size`.
         upsample: bool. True: maps at the (cropped) image size, each patch
             repeated `patch_size` times per side (nearest). False: maps on
@@ -74,7 +76,7 @@ def attention_maps(
     >>> backbone = ViTBackbone.from_variant("ViT-S/8")
     >>> image = np.zeros((224, 224, 3), "uint8")
     >>> maps = attention_maps(
-    ...     backbone, image, preprocessing=imagenet_preprocessing()
+    ...     backbone, image, preprocessing=ImagePreprocessing()
     ... )
     >>> maps.shape
     (6, 224, 224)
@@ -87,7 +89,7 @@ def attention_maps(
         )
     batch = image[None]
     if preprocessing is not None:
-        batch = np.asarray(preprocessing(batch))
+        batch = ops.convert_to_numpy(preprocessing(batch))
     batch = crop_to_patch_multiple(batch, patch_size).astype("float32")
     grid_h = batch.shape[1] // patch_size
     grid_w = batch.shape[2] // patch_size
@@ -256,8 +258,8 @@ def visualize_attention(
         image: `(height, width, 3)` uint8 image as displayed.
         output_dir: folder for the PNG files.
         preprocessing: callable making the backbone input from `image[None]`
-            (e.g. `imagenet_preprocessing()`, without resizing so that the
-            maps line up with the image).
+            (e.g. `keras_dino.layers.ImagePreprocessing()`, without
+            resizing so that the maps line up with the image).
         keep: float or `None`; mass kept by the masks (`None`: no masks).
         **kwargs: passed to `save_attention_maps`.
 
@@ -267,7 +269,7 @@ def visualize_attention(
 
     Example:
     >>> maps, masks, paths = visualize_attention(
-    ...     backbone, image, "out", preprocessing=imagenet_preprocessing()
+    ...     backbone, image, "out", preprocessing=ImagePreprocessing()
     ... )
     """
     patch_size = _patch_size(backbone, None)

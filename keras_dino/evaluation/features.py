@@ -1,115 +1,11 @@
 """Frozen feature extraction for the DINO evaluation protocols."""
 
-import functools
 import os
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def preprocess_images(
-    images,
-    image_size=None,
-    crop_fraction=1.0,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    interpolation="bicubic",
-):
-    """Evaluation preprocessing: centre crop, resize, normalise.
-
-    The DINO evaluation transform is `Resize(256, bicubic)`,
-    `CenterCrop(224)`, `ToTensor`, `Normalize(ImageNet)`. Here the centre
-    crop comes first (`crop_fraction` of each side, 224 / 256 = 0.875 in
-    the reference) and the crop is then resized to `image_size`, which is
-    the same thing for square images.
-
-    Args:
-        images: `(batch, height, width, 3)` RGB array. `uint8` arrays hold
-            pixels in [0, 255]; floating-point arrays must hold [0, 1].
-        image_size: int or `(height, width)`; output size. `None` keeps the
-            (cropped) size.
-        crop_fraction: float in (0, 1], fraction of the height and width
-            kept by the centre crop.
-        mean: per-channel mean subtracted after scaling to [0, 1].
-        std: per-channel standard deviation divided by.
-        interpolation: resize method of `keras.ops.image.resize`.
-
-    Returns:
-        A float32 numpy array `(batch, image_size, image_size, 3)`.
-
-    Example:
-    >>> x = np.zeros((2, 32, 32, 3), "uint8")
-    >>> preprocess_images(x, image_size=64).shape
-    (2, 64, 64, 3)
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            "Expected images of shape (batch, height, width, 3); got "
-            f"{images.shape}."
-        )
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(
-            f"crop_fraction must be in (0, 1]; got {crop_fraction}"
-        )
-    if images.dtype == np.uint8:
-        x = images.astype("float32") / 255.0
-    elif np.issubdtype(images.dtype, np.floating):
-        x = images.astype("float32")
-    else:
-        raise ValueError(
-            f"Images must be uint8 or floating point; got {images.dtype}."
-        )
-    height, width = x.shape[1:3]
-    if crop_fraction < 1.0:
-        crop_h = max(1, int(round(height * crop_fraction)))
-        crop_w = max(1, int(round(width * crop_fraction)))
-        top = int(round((height - crop_h) / 2.0))
-        left = int(round((width - crop_w) / 2.0))
-        x = x[:, top : top + crop_h, left : left + crop_w]
-    if image_size is not None:
-        size = (
-            (image_size, image_size)
-            if isinstance(image_size, int)
-            else tuple(image_size)
-        )
-        if tuple(x.shape[1:3]) != size:
-            x = ops.image.resize(
-                x, size, interpolation=interpolation, antialias=True
-            )
-            x = ops.convert_to_numpy(ops.clip(x, 0.0, 1.0))
-    mean = np.asarray(mean, "float32")
-    std = np.asarray(std, "float32")
-    return ((x - mean) / std).astype("float32")
-
-
-def imagenet_preprocessing(image_size=None, crop_fraction=1.0, **kwargs):
-    """Returns `preprocess_images` with its settings bound.
-
-    Args:
-        image_size: int, output size (e.g. `backbone.image_size`).
-        crop_fraction: float, centre-crop fraction (0.875 = 224 / 256 in
-            the DINO evaluation protocol).
-        **kwargs: other `preprocess_images` arguments.
-
-    Returns:
-        A callable mapping a numpy batch to a preprocessed numpy batch.
-
-    Example:
-    >>> fn = imagenet_preprocessing(224, crop_fraction=0.875)
-    >>> features = extract_features(backbone, images, preprocessing=fn)
-    """
-    return functools.partial(
-        preprocess_images,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-        **kwargs,
-    )
 
 
 def l2_normalize(features, axis=-1, epsilon=1e-12):
@@ -199,7 +95,9 @@ def extract_features(
             "label(s)"}` dicts or bare image batches.
         batch_size: int, batch size for array inputs.
         preprocessing: optional callable applied to each numpy image batch
-            before the model, e.g. `imagenet_preprocessing(224)`.
+            before the model, e.g. `keras_dino.data.CenterCropTransform(
+            224, crop_fraction=0.875)` (the reference evaluation
+            transform) or `keras_dino.layers.ImagePreprocessing()`.
         normalize: bool, L2-normalise each feature vector.
         cache_path: optional path of an `.npz` cache. When the file exists
             (and, for arrays, holds one row per image) it is loaded and the
@@ -214,9 +112,8 @@ def extract_features(
     Example:
     >>> backbone = ViTBackbone.from_variant("ViT-T/16", image_size=32)
     >>> x = np.random.randint(0, 256, (10, 32, 32, 3), "uint8")
-    >>> feats = extract_features(
-    ...     backbone, x, preprocessing=imagenet_preprocessing(32), verbose=0
-    ... )
+    >>> prep = keras_dino.data.CenterCropTransform(32, crop_fraction=1.0)
+    >>> feats = extract_features(backbone, x, preprocessing=prep, verbose=0)
     >>> feats.shape
     (10, 192)
     """
@@ -268,7 +165,7 @@ def extract_features(
     outputs, all_labels, full = [], [], None
     for step, (images, labels) in enumerate(batches):
         if preprocessing is not None:
-            images = preprocessing(images)
+            images = ops.convert_to_numpy(preprocessing(images))
         images = np.asarray(images)
         n = len(images)
         if full is None:

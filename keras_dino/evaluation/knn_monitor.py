@@ -1,10 +1,8 @@
 """A callback that tracks k-NN accuracy of the teacher during pretraining."""
 
 import keras
-import numpy as np
 
 from keras_dino.evaluation.features import extract_features
-from keras_dino.evaluation.features import imagenet_preprocessing
 from keras_dino.evaluation.knn import knn_classify
 
 
@@ -14,7 +12,9 @@ class KNNMonitor(keras.callbacks.Callback):
     Runs at the end of every `every`-th epoch (and before the first epoch,
     as the random-initialisation baseline), so that a learning curve of
     feature quality comes out of `fit`'s history, CSV and TensorBoard logs.
-    Put it before logging callbacks in the list.
+    Put it before logging callbacks in the list. The images go through
+    the reference evaluation transform (`keras_dino.data.labeled_dataset`,
+    no crop: only ImageNet normalisation at their own size).
 
     Args:
         train_images: uint8 `(n, h, w, 3)` images of the k-NN memory bank.
@@ -44,22 +44,38 @@ class KNNMonitor(keras.callbacks.Callback):
         self.k, self.temperature = int(k), float(temperature)
         self.every, self.batch_size = max(int(every), 1), int(batch_size)
         self.history = []
+        self._splits = None
+
+    def _datasets(self):
+        if self._splits is None:
+            from keras_dino import data
+
+            size = self.train_images.shape[1]
+            self._splits = tuple(
+                data.labeled_dataset(
+                    (images, labels),
+                    size,
+                    batch_size=self.batch_size,
+                    crop_fraction=1.0,
+                )
+                for images, labels in (
+                    (self.train_images, self.train_labels),
+                    (self.val_images, self.val_labels),
+                )
+            )
+        return self._splits
 
     def evaluate(self):
         """k-NN top-1 (percent) of the current teacher backbone."""
         backbone = self.model.teacher_backbone
-        size = self.train_images.shape[1]
-        prep = imagenet_preprocessing(size)
-        common = {"batch_size": self.batch_size, "preprocessing": prep}
-        train = extract_features(
-            backbone, self.train_images, verbose=0, **common
-        )
-        val = extract_features(backbone, self.val_images, verbose=0, **common)
+        train, val = self._datasets()
+        train, train_labels = extract_features(backbone, train, verbose=0)
+        val, val_labels = extract_features(backbone, val, verbose=0)
         top1, _, _ = knn_classify(
             train,
-            np.asarray(self.train_labels),
+            train_labels,
             val,
-            np.asarray(self.val_labels),
+            val_labels,
             k=self.k,
             temperature=self.temperature,
         )

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+# The ImageNet statistics of torchvision's `Normalize`, used by the
+# reference for training and evaluation; the one definition in keras_dino.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

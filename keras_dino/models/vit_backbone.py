@@ -5,6 +5,8 @@ from keras import ops
 
 from keras_dino.layers.patch_embedding import PatchEmbedding
 from keras_dino.layers.vit_block import ViTBlock
+from keras_dino.models.presets import PRESETS
+from keras_dino.models.presets import get_preset_loader
 
 VARIANTS = {
     "ViT-T/16": {"hidden_dim": 192, "num_heads": 3, "patch_size": 16},
@@ -45,6 +47,9 @@ class ViTBackbone(keras.Model):
     >>> features.shape
     (1, 384)
     """
+
+    # Name -> {"variant", "description"} of the official DINO weights.
+    presets = PRESETS
 
     def __init__(
         self,
@@ -139,23 +144,31 @@ class ViTBackbone(keras.Model):
         """Builds a backbone with pretrained DINO weights.
 
         Args:
-            preset: `"dino_vits16"`, `"dino_vits8"`, `"dino_vitb16"`,
-                `"dino_vitb8"` (downloaded once into the Keras cache), or a
-                local `.pth` / `.safetensors` file, Hugging Face model
-                directory, or `file://` / `https://` URL. Reference DINO,
-                Hugging Face ViT and full training checkpoints are read
-                without executing pickled code.
+            preset: a name in `ViTBackbone.presets` (`"dino_vits16"`,
+                `"dino_vits8"`, `"dino_vitb16"`, `"dino_vitb8"`: downloaded
+                once into the Keras cache, `~/.keras/keras_dino/`); a local
+                `.pth` / `.safetensors` file or Hugging Face model
+                directory; a Hugging Face id such as
+                `"facebook/dino-vits16"` whose files are in the local
+                Hugging Face cache; or a `file://` / `https://` URL.
+                Reference DINO, Hugging Face ViT and full training
+                checkpoints are read without executing pickled code.
             load_weights: when false, build the preset's architecture only.
             **kwargs: `checkpoint_key` ("teacher" or "student"),
                 `file_hash` (SHA-256 to check), `cache_dir`, or
                 `ViTBackbone` arguments overriding the inferred config.
 
+        Returns:
+            A `ViTBackbone`, built by the loader that `keras_dino.weights`
+            registers.
+
         Example:
+        >>> sorted(ViTBackbone.presets)
+        ['dino_vitb16', 'dino_vitb8', 'dino_vits16', 'dino_vits8']
         >>> backbone = ViTBackbone.from_preset("dino_vits16")
         """
-        from keras_dino.weights.presets import load_backbone
-
-        return load_backbone(preset, load_weights=load_weights, **kwargs)
+        loader = get_preset_loader("backbone")
+        return loader(preset, load_weights=load_weights, **kwargs)
 
     def _tokens(self, images, training=None):
         return self.patch_embedding(

@@ -1,17 +1,27 @@
 """Keras models from checkpoints that have already been read into numpy."""
 
+from keras_dino.models.dino import DINO
+from keras_dino.models.vit_backbone import ViTBackbone
 from keras_dino.weights.convert import convert_backbone_config
 from keras_dino.weights.convert import convert_backbone_weights
 from keras_dino.weights.convert import convert_head_config
 from keras_dino.weights.convert import convert_head_weights
 from keras_dino.weights.convert import is_huggingface_state_dict
 from keras_dino.weights.convert import split_checkpoint
+from keras_dino.weights.resnet_convert import convert_resnet_config
+from keras_dino.weights.resnet_convert import is_resnet_state_dict
+from keras_dino.weights.resnet_convert import resnet_backbone_from_checkpoint
+from keras_dino.weights.resnet_convert import resnet_dino_from_checkpoint
+from keras_dino.weights.resnet_convert import resnet_head_config
 
 
 def backbone_from_checkpoint(
     obj, hf_config=None, checkpoint_key="teacher", load_weights=True, **kwargs
 ):
     """Builds a `ViTBackbone` from a loaded checkpoint.
+
+    Torchvision ResNet tensors (`layer1.0.conv1.weight`, ...) give a
+    `ResNetBackbone` instead (see `resnet_convert`).
 
     Args:
         obj: what `load_weights_file` returned (a state dict or a full
@@ -24,9 +34,11 @@ def backbone_from_checkpoint(
     Returns:
         A `ViTBackbone`.
     """
-    from keras_dino.models.vit_backbone import ViTBackbone
-
     checkpoint = _as_checkpoint(obj, checkpoint_key)
+    if is_resnet_state_dict(checkpoint.backbone):
+        return resnet_backbone_from_checkpoint(
+            checkpoint, load_weights=load_weights, **kwargs
+        )
     config = convert_backbone_config(checkpoint.backbone, hf_config, **kwargs)
     backbone = ViTBackbone(**config)
     if load_weights:
@@ -67,6 +79,8 @@ def dino_from_checkpoint(
     student's stochastic depth and `norm_last_layer` from the checkpoint's
     `args` when present. A checkpoint that holds only a `teacher` network
     (backbone and head) fills the student with the teacher's weights.
+    Torchvision ResNet backbones give a DINO on `ResNetBackbone`s (see
+    `resnet_convert.resnet_dino_from_checkpoint`).
 
     Args:
         obj: what `load_weights_file` returned for a full checkpoint.
@@ -80,14 +94,15 @@ def dino_from_checkpoint(
     Returns:
         A `DINO` model.
     """
-    from keras_dino.models.dino import DINO
-    from keras_dino.models.vit_backbone import ViTBackbone
-
     if not isinstance(obj, dict):
         raise ValueError(
             f"A full checkpoint is a dict, got {type(obj).__name__}."
         )
     student, teacher = _networks(obj)
+    if is_resnet_state_dict(student.backbone):
+        return resnet_dino_from_checkpoint(
+            obj, load_weights, backbone_kwargs, **kwargs
+        )
     args = teacher.args or {}
     drop_path_rate = kwargs.pop("drop_path_rate", args.get("drop_path_rate"))
     backbone_config = convert_backbone_config(
@@ -147,15 +162,25 @@ def describe_checkpoint(
     else:
         kind = "reference DINO"
     head = checkpoint.head
+    if is_resnet_state_dict(checkpoint.backbone):
+        backbone_config = convert_resnet_config(
+            checkpoint.backbone, **overrides
+        )
+        head_config = (
+            resnet_head_config(head, checkpoint.args) if head else None
+        )
+    else:
+        backbone_config = convert_backbone_config(
+            checkpoint.backbone, hf_config, **overrides
+        )
+        head_config = (
+            convert_head_config(head, checkpoint.args) if head else None
+        )
     return {
         "format": kind,
-        "backbone_config": convert_backbone_config(
-            checkpoint.backbone, hf_config, **overrides
-        ),
+        "backbone_config": backbone_config,
         "num_backbone_tensors": len(checkpoint.backbone),
-        "head_config": (
-            convert_head_config(head, checkpoint.args) if head else None
-        ),
+        "head_config": head_config,
         "num_head_tensors": len(head) if head else 0,
         "center_size": (
             None if checkpoint.center is None else int(checkpoint.center.size)

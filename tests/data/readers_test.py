@@ -1,7 +1,5 @@
-import glob
 import os
 import shutil
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,14 +9,16 @@ from PIL import Image
 from keras_dino.data import BadFileReport
 from keras_dino.data import CenterCropTransform
 from keras_dino.data import MultiCropAugmentation
+from keras_dino.data import decode_image
 from keras_dino.data import from_arrays
 from keras_dino.data import from_image_folder
 from keras_dino.data import from_npz
 from keras_dino.data import from_tfds
 from keras_dino.data import list_image_files
 
-DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-JPEGS = sorted(glob.glob(f"{DATA}/imagenette224/train/*/*.JPEG"))
+# Real JPEGs (the repository's CIFAR-10 sample, enlarged) come from the
+# `image_folders` fixture of tests/conftest.py: train/<class>/<n>.JPEG.
+CLASSES = ("airplane", "automobile")
 
 
 def small_augmentation(seed=0):
@@ -36,16 +36,24 @@ def check_crops(crops, batch_size):
 
 
 @pytest.fixture
-def folder(tmp_path):
-    for cls in ("n01440764", "n02102040"):
+def jpeg(image_folders):
+    """One real JPEG file (96 x 72 px)."""
+    return str(image_folders / "train" / CLASSES[0] / "000.JPEG")
+
+
+@pytest.fixture
+def folder(tmp_path, image_folders, jpeg):
+    for cls in CLASSES:
         os.makedirs(tmp_path / cls)
-        for path in [p for p in JPEGS if f"/{cls}/" in p][:6]:
-            shutil.copy(path, tmp_path / cls)
-    data = open(JPEGS[0], "rb").read()
-    (tmp_path / "n01440764" / "corrupt.jpg").write_bytes(data[: len(data) // 3])
-    (tmp_path / "n01440764" / "empty.jpg").write_bytes(b"")
-    (tmp_path / "n02102040" / "notes.jpg").write_text("not an image\n")
-    (tmp_path / "n02102040" / "README.txt").write_text("ignored\n")
+        for n in range(6):
+            shutil.copy(
+                image_folders / "train" / cls / f"{n:03d}.JPEG", tmp_path / cls
+            )
+    data = open(jpeg, "rb").read()
+    (tmp_path / CLASSES[0] / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / CLASSES[0] / "empty.jpg").write_bytes(b"")
+    (tmp_path / CLASSES[1] / "notes.jpg").write_text("not an image\n")
+    (tmp_path / CLASSES[1] / "README.txt").write_text("ignored\n")
     return tmp_path
 
 
@@ -66,9 +74,9 @@ def test_image_folder_skips_and_reports_bad_files(folder):
         assert sorted(labels) == [0] * 6 + [1] * 6
     check_crops(batches[0][0], 4)
     expected = [
-        str(folder / "n01440764" / "corrupt.jpg"),
-        str(folder / "n01440764" / "empty.jpg"),
-        str(folder / "n02102040" / "notes.jpg"),
+        str(folder / CLASSES[0] / "corrupt.jpg"),
+        str(folder / CLASSES[0] / "empty.jpg"),
+        str(folder / CLASSES[1] / "notes.jpg"),
     ]
     assert report.bad_files == expected
     assert report.num_bad_files == 3
@@ -110,18 +118,57 @@ def test_image_kinds_in_a_flat_folder(tmp_path):
     Image.fromarray(rgb).convert("P").save(tmp_path / "c.gif")
     Image.fromarray(rgb).resize((500, 20)).save(tmp_path / "wide.jpeg")
     Image.fromarray(rgb[:4, :3]).save(tmp_path / "tiny.JPG")
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(
+        tmp_path / "gray16.png"
+    )
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     paths, labels, classes = list_image_files(tmp_path)
-    assert len(paths) == 8 and set(labels) == {-1} and classes == []
+    assert len(paths) == 10 and set(labels) == {-1} and classes == []
     report = BadFileReport()
     ds = from_image_folder(
         tmp_path,
         small_augmentation(),
-        batch_size=8,
+        batch_size=10,
         seed=0,
         bad_file_report=report,
     )
-    check_crops(next(iter(ds)), 8)
+    check_crops(next(iter(ds)), 10)
     assert report.bad_files == []
+
+
+def test_odd_image_kinds_decode_like_pil(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    # 16-bit grayscale PNG: scaled to 8 bits (v * 257 -> v), not saturated.
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(
+        tmp_path / "gray16.png"
+    )
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    out = decode_image(open(tmp_path / "gray16.png", "rb").read()).numpy()
+    np.testing.assert_array_equal(out, np.repeat(rgb[..., :1], 3, axis=-1))
+    # CMYK JPEG, RGBA and palette PNG: as PIL's convert("RGB").
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    for name, atol in (("cmyk.jpg", 3), ("rgba.png", 0), ("palette.png", 0)):
+        out = decode_image(open(tmp_path / name, "rb").read()).numpy()
+        ref = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert out.shape == ref.shape == (30, 50, 3), name
+        np.testing.assert_allclose(out, ref, atol=atol, err_msg=name)
+    # A PNG cut short is a bad file: skipped and reported.
+    data = open(tmp_path / "rgba.png", "rb").read()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    report = BadFileReport()
+    ds = from_image_folder(
+        tmp_path,
+        small_augmentation(),
+        batch_size=4,
+        seed=0,
+        bad_file_report=report,
+        drop_remainder=False,
+    )
+    assert sum(len(crops[0]) for crops in ds) == 4
+    assert report.bad_files == [str(tmp_path / "truncated.png")]
 
 
 def test_empty_folders_are_clear_errors(tmp_path):
@@ -176,8 +223,12 @@ def test_from_arrays_bad_input_is_a_clear_error():
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), num_shards=2)
 
 
-def test_from_npz_and_evaluation_transform():
-    path = f"{DATA}/imagenette64_val.npz"
+def test_from_npz_and_evaluation_transform(cifar_sample, tmp_path):
+    images, labels, _ = cifar_sample
+    # 100 real images enlarged to 64 px (pixel repetition).
+    images = images[:100].repeat(2, axis=1).repeat(2, axis=2)
+    path = str(tmp_path / "sample64.npz")
+    np.savez(path, images=images, labels=labels[:100])
     ds = from_npz(path, small_augmentation(), batch_size=32, seed=0)
     check_crops(next(iter(ds)), 32)
     assert len(list(ds)) == 3  # 100 images, drop_remainder
@@ -196,8 +247,8 @@ def test_from_npz_and_evaluation_transform():
     np.testing.assert_array_equal(labels, np.load(path)["labels"][:32])
 
 
-def test_center_crop_matches_pil():
-    image = np.asarray(Image.open(JPEGS[0]).convert("RGB"))
+def test_center_crop_matches_pil(jpeg):
+    image = np.asarray(Image.open(jpeg).convert("RGB"))
     image = np.asarray(Image.fromarray(image).resize((300, 224)))
     out = CenterCropTransform(96, 110)(image).numpy()
     ref = Image.fromarray(image).resize((147, 110), Image.BICUBIC)

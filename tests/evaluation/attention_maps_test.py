@@ -6,13 +6,13 @@ import pytest
 from keras import ops
 
 from keras_dino.evaluation import attention_maps
-from keras_dino.evaluation import crop_to_patch_multiple
-from keras_dino.evaluation import imagenet_preprocessing
 from keras_dino.evaluation import save_attention_figure
 from keras_dino.evaluation import save_attention_maps
 from keras_dino.evaluation import threshold_masks
 from keras_dino.evaluation import upsample_nearest
 from keras_dino.evaluation import visualize_attention
+from keras_dino.evaluation.attention_maps import crop_to_patch_multiple
+from keras_dino.layers import ImagePreprocessing
 from keras_dino.models import ViTBackbone
 
 
@@ -70,7 +70,7 @@ def test_upsample_nearest_and_crop():
 def test_attention_maps_shapes_and_values(backbone):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 42, 3)).astype("uint8")
-    prep = imagenet_preprocessing()
+    prep = ImagePreprocessing()
     maps = attention_maps(backbone, image, preprocessing=prep)
     assert maps.shape == (2, 32, 40) and maps.dtype == np.float32
     grid = attention_maps(backbone, image, preprocessing=prep, upsample=False)
@@ -94,7 +94,7 @@ def test_visualize_attention_writes_pngs(backbone, tmp_path):
         backbone,
         image,
         str(tmp_path),
-        preprocessing=imagenet_preprocessing(),
+        preprocessing=ImagePreprocessing(),
     )
     assert maps.shape == masks.shape == (2, 32, 32) and masks.dtype == bool
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_dino.evaluation import IMAGENET_MEAN
-from keras_dino.evaluation import IMAGENET_STD
+from keras_dino.data import CenterCropTransform
 from keras_dino.evaluation import extract_features
-from keras_dino.evaluation import imagenet_preprocessing
 from keras_dino.evaluation import l2_normalize
-from keras_dino.evaluation import preprocess_images
 from keras_dino.models import ViTBackbone
 
 
@@ -28,34 +25,24 @@ def images():
     return rng.integers(0, 256, (10, 32, 32, 3)).astype("uint8")
 
 
-def test_preprocess_normalises_and_resizes():
-    white = np.full((2, 20, 20, 3), 255, "uint8")
-    out = preprocess_images(white, image_size=32)
-    assert out.shape == (2, 32, 32, 3) and out.dtype == np.float32
-    expected = (1.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(out[0, 5, 7], expected, rtol=1e-5)
-    # uint8 and [0, 1] floats give the same result.
-    x = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3), "uint8")
+def _normalised(images):
+    """The ImageNet normalisation in numpy, independent of keras_dino."""
+    mean = np.array([0.485, 0.456, 0.406], "float32")
+    std = np.array([0.229, 0.224, 0.225], "float32")
+    return ((images / 255.0 - mean) / std).astype("float32")
+
+
+def test_evaluation_transform_at_the_image_size_only_normalises(images):
+    # The one evaluation transform, used as `preprocessing`: at the
+    # images' own size (crop_fraction 1) it is the plain normalisation.
+    prep = CenterCropTransform(32, crop_fraction=1.0)
     np.testing.assert_allclose(
-        preprocess_images(x), preprocess_images(x / 255.0), atol=1e-6
+        np.asarray(prep(images)), _normalised(images), atol=2e-5
     )
 
 
-def test_preprocess_centre_crop():
-    x = np.zeros((1, 8, 8, 3), "uint8")
-    x[:, 2:6, 2:6] = 255
-    out = preprocess_images(x, crop_fraction=0.5)
-    assert out.shape == (1, 4, 4, 3)
-    white = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
-    np.testing.assert_allclose(out[..., 0], white, rtol=1e-5)
-    with pytest.raises(ValueError, match="crop_fraction"):
-        preprocess_images(x, crop_fraction=0.0)
-    with pytest.raises(ValueError, match="batch, height, width, 3"):
-        preprocess_images(np.zeros((8, 8, 3)))
-
-
 def test_extract_features_matches_backbone(backbone, images):
-    prep = imagenet_preprocessing(32)
+    prep = CenterCropTransform(32, crop_fraction=1.0)
     # 10 images in batches of 4: the last batch is padded and trimmed.
     features = extract_features(
         backbone, images, batch_size=4, preprocessing=prep, verbose=0
@@ -96,7 +83,7 @@ def test_extract_features_from_tf_data(backbone, images):
     tf = pytest.importorskip("tensorflow")
     labels = np.arange(10)
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
-    prep = imagenet_preprocessing(32)
+    prep = CenterCropTransform(32, crop_fraction=1.0)
     features, got = extract_features(
         backbone, ds, preprocessing=prep, verbose=0
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_dino.evaluation import EpochCosineDecay
+from keras_dino.data import CenterCropTransform
 from keras_dino.evaluation import LinearProbe
 from keras_dino.evaluation import ProbeFeatureExtractor
 from keras_dino.evaluation import build_linear_classifier
@@ -16,10 +16,11 @@ from keras_dino.evaluation import build_linear_probe
 from keras_dino.evaluation import extract_features
 from keras_dino.evaluation import fit_linear_classifier
 from keras_dino.evaluation import fit_linear_probe
-from keras_dino.evaluation import imagenet_preprocessing
-from keras_dino.evaluation import linear_probe_learning_rate
 from keras_dino.evaluation import load_reference_linear_weights
-from keras_dino.evaluation import random_resized_crop_box
+from keras_dino.evaluation.linear_probe_schedule import EpochCosineDecay
+from keras_dino.evaluation.linear_probe_schedule import (
+    linear_probe_learning_rate,
+)
 from keras_dino.models import ViTBackbone
 
 
@@ -95,17 +96,6 @@ def test_epoch_cosine_decay():
     assert EpochCosineDecay.from_config(config).get_config() == config
 
 
-def test_random_resized_crop_box():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        top, left, h, w = random_resized_crop_box(30, 40, rng)
-        assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 40
-        assert 0.08 * 1200 * 0.8 <= h * w <= 1200
-    # Impossible scale: falls back to the centre crop clamped to the ratio.
-    box = random_resized_crop_box(10, 100, rng, scale=(2.0, 3.0))
-    assert box == (0, 43, 10, 13)
-
-
 def test_probe_trains_only_the_classifier(backbone, inputs):
     probe = build_linear_probe(backbone, num_classes=5, n_last_blocks=2)
     assert isinstance(probe, LinearProbe)
@@ -152,7 +142,7 @@ def test_probe_trains_on_separable_images(backbone, tmp_path):
     path = os.path.join(tmp_path, "probe.keras")
     probe.save(path)
     restored = keras.saving.load_model(path, compile=False)
-    x = imagenet_preprocessing(32)(images[:4])
+    x = CenterCropTransform(32, crop_fraction=1.0)(images[:4])
     np.testing.assert_allclose(_np(restored(x)), _np(probe(x)), atol=1e-5)
     assert restored.n_last_blocks == 2 and restored.num_classes == 2
 
@@ -163,7 +153,7 @@ def test_fast_mode_on_cached_features(backbone):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (6, 32, 32, 3)).astype("uint8")
     probe = build_linear_probe(backbone, num_classes=3, n_last_blocks=2)
-    prep = imagenet_preprocessing(32)
+    prep = CenterCropTransform(32, crop_fraction=1.0)
     cached = extract_features(
         probe.feature_extractor,
         images,

@@ -7,7 +7,6 @@ The recipes are imported from `recipes/` and run in-process through their
 import importlib.util
 import json
 import os
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,9 +15,6 @@ import pytest
 from keras_dino.models import ViTBackbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-CIFAR_VAL = os.path.join(DATA, "cifar10_val.npz")
-IMAGENETTE = os.path.join(DATA, "imagenette224")
 
 
 def _load(module_name, *path):
@@ -35,18 +31,10 @@ def _recipe(name):
     return _load(f"recipe_{name}", "recipes", f"{name}.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_files():
-    """The shared data these tests read; missing data fails them."""
-    if not os.path.isfile(CIFAR_VAL) or not os.path.isdir(IMAGENETTE):
-        pytest.fail(
-            f"The shared data folder {DATA} lacks cifar10_val.npz or "
-            "imagenette224/."
-        )
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, cifar_sample, image_folders):
+    """A tiny backbone file, train / val `.npz` files of real CIFAR-10
+    images and `train/` / `val/` folders of real JPEGs (conftest.py)."""
     root = tmp_path_factory.mktemp("eval_recipes")
     keras.utils.set_random_seed(0)
     backbone = ViTBackbone(
@@ -54,12 +42,17 @@ def files(tmp_path_factory):
     )
     backbone_path = str(root / "backbone.keras")
     backbone.save(backbone_path)
-    with np.load(CIFAR_VAL) as data:
-        images, labels = data["images"][:60], data["labels"][:60]
+    images, labels = cifar_sample[0][:60], cifar_sample[1][:60]
     train, val = str(root / "train.npz"), str(root / "val.npz")
     np.savez(train, images=images[:40], labels=labels[:40])
     np.savez(val, images=images[40:], labels=labels[40:])
-    return {"root": root, "backbone": backbone_path, "train": train, "val": val}
+    return {
+        "root": root,
+        "backbone": backbone_path,
+        "train": train,
+        "val": val,
+        "folders": str(image_folders),
+    }
 
 
 def test_eval_knn(files, capsys):
@@ -69,7 +62,7 @@ def test_eval_knn(files, capsys):
         f"--backbone={files['backbone']}",
         f"--train_data={files['train']}",
         f"--val_data={files['val']}",
-        "--ks=5,10",
+        "--nb_knn=5,10",  # the reference's name of --ks
         "--batch_size=20",
         f"--cache_dir={root / 'knn_cache'}",
         f"--results_json={root / 'knn.json'}",
@@ -90,8 +83,8 @@ def test_eval_knn_random_init_on_image_folder(files):
         "--random_init",
         "--arch=ViT-T/16",
         "--image_size=32",
-        f"--train_data={os.path.join(IMAGENETTE, 'train')}",
-        f"--val_data={os.path.join(IMAGENETTE, 'val')}",
+        f"--train_data={os.path.join(files['folders'], 'train')}",
+        f"--val_data={os.path.join(files['folders'], 'val')}",
         "--max_train=20",
         "--max_val=10",
         "--ks=3",
@@ -126,8 +119,8 @@ def test_eval_linear_fast_and_full(files, capsys):
         + [
             "--fast",
             "--stream",
-            f"--train_data={os.path.join(IMAGENETTE, 'train')}",
-            f"--val_data={os.path.join(IMAGENETTE, 'val')}",
+            f"--train_data={os.path.join(files['folders'], 'train')}",
+            f"--val_data={os.path.join(files['folders'], 'val')}",
             "--max_train=40",
             "--max_val=20",
             "--epochs=2",
@@ -150,12 +143,7 @@ def test_eval_linear_fast_and_full(files, capsys):
 
 
 def test_visualize_attention(files, tmp_path):
-    folder = os.path.join(
-        IMAGENETTE,
-        "val",
-        sorted(os.listdir(os.path.join(IMAGENETTE, "val")))[0],
-    )
-    image = os.path.join(folder, sorted(os.listdir(folder))[0])
+    image = os.path.join(files["folders"], "val", "airplane", "000.JPEG")
     written = _recipe("visualize_attention").main(
         [
             "visualize_attention",
@@ -188,7 +176,7 @@ def test_recipes_reject_bad_flags(files):
         )
 
 
-def test_visualize_attention_with_imported_weights(tmp_path):
+def test_visualize_attention_with_imported_weights(files, tmp_path):
     checkpoint = str(tmp_path / "tiny_dino.pth")
     # A tiny checkpoint with the official DINO tensor names (ViT-T width).
     checkpoint_factory = _load(
@@ -197,13 +185,12 @@ def test_visualize_attention_with_imported_weights(tmp_path):
     checkpoint_factory.write_checkpoint(
         checkpoint, dim=192, depth=1, patch=16, scale=0.1
     )
-    folder = os.path.join(IMAGENETTE, "train", "n03028079")
-    image = os.path.join(folder, sorted(os.listdir(folder))[0])
+    image = os.path.join(files["folders"], "train", "bird", "003.JPEG")
     out = tmp_path / "attention"
     written = _recipe("visualize_attention").main(
         [
             "visualize_attention",
-            f"--preset={checkpoint}",
+            f"--pretrained_weights={checkpoint}",  # the alias of --preset
             f"--image_path={image}",
             "--image_size=64",
             "--threshold=0.5",

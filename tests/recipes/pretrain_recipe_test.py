@@ -4,7 +4,6 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,7 +14,6 @@ from keras_dino import pretraining
 from keras_dino.checkpointing import latest_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 TINY = {
     "arch": "vit_tiny",
@@ -34,10 +32,11 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
+def tiny_npz(tmp_path_factory, cifar_sample):
+    """24 real CIFAR-10 images of the repository's sample (conftest.py)."""
     path = tmp_path_factory.mktemp("pretrain") / "tiny.npz"
-    with np.load(DATA_DIR / "cifar10_val.npz") as data:
-        np.savez(path, images=data["images"][:24], labels=data["labels"][:24])
+    images, labels, _ = cifar_sample
+    np.savez(path, images=images[:24], labels=labels[:24])
     return str(path)
 
 
@@ -177,6 +176,11 @@ def _run_recipe(name, *args):
 
 def test_demo_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
+    # The folder of an earlier demo run (it holds the demo's marker file)
+    # is replaced.
+    out.mkdir()
+    (out / ".keras_dino_demo").write_text("")
+    (out / "stale.txt").write_text("from an earlier run\n")
     proc = _run_recipe(
         "demo",
         f"--output_dir={out}",
@@ -197,6 +201,8 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert "exact paired sign test p = " in proc.stdout
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "teacher_backbone.keras").exists()
+    assert not (out / "stale.txt").exists()
+    assert (out / ".keras_dino_demo").exists()
 
 
 def test_pretrain_recipe_end_to_end(tiny_npz, tmp_path):

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.models.vit_backbone import ViTBackbone
-from keras_dino.weights import convert_head_config
-from keras_dino.weights import convert_head_weights
-from keras_dino.weights import load_torch_file
+from keras_dino.weights.convert import convert_head_config
+from keras_dino.weights.convert import convert_head_weights
+from keras_dino.weights.torch_pickle import load_torch_file
 
 ATOL = 1e-4
 
@@ -384,9 +384,7 @@ def test_full_checkpoint_rebuilds_dino(tmp_path):
 
     path = tmp_path / "checkpoint.pth"
     checkpoint = _full_checkpoint(path)
-    from keras_dino.weights import load_dino
-
-    model = load_dino(str(path))
+    model = DINO.from_preset(str(path))
     assert isinstance(model, DINO)
     assert model.student_backbone.drop_path_rate == 0.1
     assert model.out_dim == 64 and model.norm_last_layer

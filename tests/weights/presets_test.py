@@ -1,6 +1,7 @@
 """Tests of presets, downloads, hash checks and converter errors."""
 
 import hashlib
+import os
 
 import keras
 import numpy as np
@@ -9,12 +10,12 @@ from checkpoint_factory import tiny_state_dict
 from checkpoint_factory import write_checkpoint
 
 from keras_dino.models.vit_backbone import ViTBackbone
-from keras_dino.weights import PRESETS
-from keras_dino.weights import convert_backbone_config
-from keras_dino.weights import convert_backbone_weights
 from keras_dino.weights import get_checkpoint_file
-from keras_dino.weights import split_checkpoint
-from keras_dino.weights import to_reference_names
+from keras_dino.weights.convert import convert_backbone_config
+from keras_dino.weights.convert import convert_backbone_weights
+from keras_dino.weights.convert import split_checkpoint
+from keras_dino.weights.convert import to_reference_names
+from keras_dino.weights.presets import CHECKPOINTS
 
 
 def _sha256(path):
@@ -64,9 +65,9 @@ def test_preset_name_downloads_once_into_the_cache(
     checkpoint, tmp_path, monkeypatch
 ):
     path, _ = checkpoint
-    entry = {**PRESETS["dino_vits16"], "url": path.as_uri()}
+    entry = {**CHECKPOINTS["dino_vits16"], "url": path.as_uri()}
     entry["file_hash"] = _sha256(path)
-    monkeypatch.setitem(PRESETS, "dino_vits16", entry)
+    monkeypatch.setitem(CHECKPOINTS, "dino_vits16", entry)
     cache = str(tmp_path / "cache")
     first = get_checkpoint_file("dino_vits16", cache_dir=cache)
     path.unlink()  # A second call must not need the origin.
@@ -80,11 +81,11 @@ def test_wrong_hash_is_a_clear_error(checkpoint, tmp_path, monkeypatch):
     path, _ = checkpoint
     cache = tmp_path / "cache"
     entry = {
-        **PRESETS["dino_vitb8"],
+        **CHECKPOINTS["dino_vitb8"],
         "url": path.as_uri(),
         "file_hash": "0" * 64,
     }
-    monkeypatch.setitem(PRESETS, "dino_vitb8", entry)
+    monkeypatch.setitem(CHECKPOINTS, "dino_vitb8", entry)
     with pytest.raises(ValueError, match="SHA-256"):
         ViTBackbone.from_preset("dino_vitb8", cache_dir=str(cache))
     assert not (cache / "keras_dino" / path.name).exists()
@@ -117,19 +118,68 @@ def test_unknown_preset():
 
 
 def test_official_urls():
-    assert sorted(PRESETS) == [
-        "dino_vitb16",
-        "dino_vitb8",
-        "dino_vits16",
-        "dino_vits8",
-    ]
+    names = ["dino_vitb16", "dino_vitb8", "dino_vits16", "dino_vits8"]
+    assert sorted(ViTBackbone.presets) == names
+    assert sorted(CHECKPOINTS) == names
+    assert ViTBackbone.presets["dino_vitb8"]["variant"] == "ViT-B/8"
     base = "https://dl.fbaipublicfiles.com/dino/"
-    assert PRESETS["dino_vits16"]["url"] == (
+    assert CHECKPOINTS["dino_vits16"]["url"] == (
         base + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
     )
-    assert PRESETS["dino_vitb8"]["url"] == (
+    assert CHECKPOINTS["dino_vitb8"]["url"] == (
         base + "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"
     )
+    assert CHECKPOINTS["dino_vits8"]["full_checkpoint_url"] == (
+        base + "dino_deitsmall8_pretrain/"
+        "dino_deitsmall8_pretrain_full_checkpoint.pth"
+    )
+
+
+def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    # An origin that cannot be fetched, as a URL is without network access.
+    missing = (tmp_path / "nowhere" / "dino_deitsmall16_pretrain.pth").as_uri()
+    entry = {**CHECKPOINTS["dino_vits16"], "url": missing}
+    monkeypatch.setitem(CHECKPOINTS, "dino_vits16", entry)
+    cache = tmp_path / "cache"
+    expected = os.path.join(
+        str(cache), "keras_dino", "dino_deitsmall16_pretrain.pth"
+    )
+    with pytest.raises(OSError) as info:
+        ViTBackbone.from_preset("dino_vits16", cache_dir=str(cache))
+    message = str(info.value)
+    assert expected in message
+    assert "local path" in message and "$KERAS_HOME" in message
+
+
+def _hf_cache(root, repo_id, revision, source):
+    """Lays `source` out as `huggingface-cli download` does."""
+    org, name = repo_id.split("/")
+    repo = root / f"models--{org}--{name}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (snapshot / "pytorch_model.bin").write_bytes(source.read_bytes())
+    return snapshot
+
+
+def test_hugging_face_id_from_the_local_cache(
+    checkpoint, tmp_path, monkeypatch
+):
+    path, sd = checkpoint
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    # An older snapshot without weights must not be picked.
+    (hub / "models--facebook--dino-vits16" / "snapshots" / "old").mkdir(
+        parents=True
+    )
+    snapshot = _hf_cache(hub, "facebook/dino-vits16", "abc123", path)
+    assert get_checkpoint_file("facebook/dino-vits16") == str(snapshot)
+    assert get_checkpoint_file("hf://facebook/dino-vits16") == str(snapshot)
+    backbone = ViTBackbone.from_preset("facebook/dino-vits16", num_heads=2)
+    _check_weights(backbone, sd)
+    with pytest.raises(ValueError, match="huggingface-cli download"):
+        ViTBackbone.from_preset("facebook/dino-vitb8")
 
 
 # --- converter errors ---------------------------------------------------------
