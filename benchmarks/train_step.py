@@ -139,10 +139,12 @@ def run_one(name, steps, dtype_policy="float32"):
     model = keras_dino.models.DINO(
         backbone, out_dim=cfg["out_dim"], dtype=dtype_policy
     )
+    warmup = 2
     model.compile(
-        optimizer=keras_dino.optimizers.dino_adamw(
-            cfg["batch"], steps_per_epoch=1000, epochs=100
-        )
+        optimizer=keras_dino.optimizers.DINOAdamW(),
+        schedule=keras_dino.schedules.DINOSchedule.paper(
+            cfg["batch"], steps_per_epoch=warmup + steps, epochs=100
+        ),
     )
     rng = np.random.default_rng(0)
     b, g, loc = cfg["batch"], cfg["global_size"], cfg["local_size"]
@@ -156,12 +158,28 @@ def run_one(name, steps, dtype_policy="float32"):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensors((crops,)).repeat()
-    model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
-        times.append(time.perf_counter() - start)
+
+    class BatchEndStamps(keras.callbacks.Callback):
+        """Wall-clock time of every batch end inside one `fit`."""
+
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+    stamps = BatchEndStamps()
+    # One fit: the first `warmup` steps compile and warm up; the steps
+    # after them are timed between consecutive batch ends.
+    model.fit(
+        dataset,
+        steps_per_epoch=warmup + steps,
+        epochs=1,
+        verbose=0,
+        callbacks=[stamps],
+    )
+    times = list(np.diff(stamps.times[warmup - 1 :]))
     step = float(np.median(times))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(

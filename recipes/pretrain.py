@@ -250,7 +250,7 @@ def main(argv):
 
 
 def _knn_monitor(paths, num_images):
-    from keras_dino.evaluation import load_npz
+    from keras_dino.data import load_npz
     from keras_dino.evaluation.knn_monitor import KNNMonitor
 
     images, labels = load_npz(paths, max_examples=num_images)

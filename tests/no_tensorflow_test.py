@@ -31,7 +31,8 @@ assert sys.modules.get("tensorflow") is None
 backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=16,
                        num_layers=1, num_heads=2)
 model = DINO(backbone, out_dim=32, hidden_dim=16, bottleneck_dim=8)
-model.compile(optimizer=keras_dino.optimizers.dino_adamw(4, 2, 1))
+model.compile(optimizer=keras_dino.optimizers.DINOAdamW(),
+              schedule=keras_dino.schedules.DINOSchedule.paper(4, 1, 1))
 rng = np.random.default_rng(0)
 crops = tuple(rng.standard_normal((4, s, s, 3), dtype="float32")
               for s in (16, 16, 8, 8))

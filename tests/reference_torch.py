@@ -278,6 +278,53 @@ def get_params_groups(model):
     ]
 
 
+class LARS(torch.optim.Optimizer):
+    """The reference's `utils.LARS`, re-written from its description.
+
+    SGD with momentum whose update of every non-1-D parameter is scaled by
+    the trust ratio `eta * ||p|| / ||g + wd * p||` (1 when either norm is
+    0); weight decay is added to the gradient of non-1-D parameters.
+    """
+
+    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, eta=0.001):
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "eta": eta,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim != 1:
+                    dp = dp.add(p, alpha=group["weight_decay"])
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(
+                        param_norm > 0.0,
+                        torch.where(
+                            update_norm > 0,
+                            group["eta"] * param_norm / update_norm,
+                            one,
+                        ),
+                        one,
+                    )
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(dp)
+                p.add_(mu, alpha=-group["lr"])
+
+
 def clip_gradients(model, clip):
     norms = []
     for _, p in model.named_parameters():
@@ -405,6 +452,12 @@ class ReferenceDINO:
         freeze_last_layer: epochs during which the last layer is frozen.
         norm_last_layer: fix `weight_g` (not trained).
         niter_per_ep: iterations per epoch.
+        optimizer: "adamw" (`torch.optim.AdamW`), "sgd"
+            (`torch.optim.SGD(momentum=0.9)`) or "lars" (`LARS`), as
+            `main_dino.py` builds them.
+        loss_scale: optional constant loss scale, applied as
+            `torch.cuda.amp.GradScaler` does (scaled backward, gradients
+            unscaled before clipping, the step skipped on inf/NaN).
     """
 
     def __init__(
@@ -422,6 +475,8 @@ class ReferenceDINO:
         norm_last_layer=True,
         student_temp=0.1,
         center_momentum=0.9,
+        optimizer="adamw",
+        loss_scale=None,
     ):
         torch.manual_seed(0)
         self.student = self._build(arch, norm_last_layer)
@@ -437,9 +492,14 @@ class ReferenceDINO:
             student_temp=student_temp,
             center_momentum=center_momentum,
         )
-        self.optimizer = torch.optim.AdamW(
-            get_params_groups(self.student), eps=1e-8
-        )
+        groups = get_params_groups(self.student)
+        if optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, eps=1e-8)
+        elif optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
+        else:
+            self.optimizer = LARS(groups)
+        self.loss_scale = loss_scale
         self.lr_schedule = lr_schedule
         self.wd_schedule = wd_schedule
         self.momentum_schedule = momentum_schedule
@@ -486,11 +546,20 @@ class ReferenceDINO:
         student_output = self.student(images)
         loss = self.loss(student_output, teacher_output, epoch)
         self.optimizer.zero_grad()
-        loss.backward()
+        finite = True
+        if self.loss_scale:
+            (loss * self.loss_scale).backward()
+            for p in self.student.parameters():
+                if p.grad is not None:
+                    p.grad.data.div_(self.loss_scale)
+                    finite = finite and bool(torch.isfinite(p.grad).all())
+        else:
+            loss.backward()
         if self.clip_grad:
             self.grad_norms.append(clip_gradients(self.student, self.clip_grad))
         cancel_gradients_last_layer(epoch, self.student, self.freeze_last_layer)
-        self.optimizer.step()
+        if finite:
+            self.optimizer.step()
         with torch.no_grad():
             m = float(self.momentum_schedule[it])
             for param_q, param_k in zip(

@@ -52,12 +52,3 @@ __all__ = [
     "visualize_attention",
 ]
 
-
-def __getattr__(name):
-    # TODO(keras_dino): recipes/pretrain.py still imports `load_npz` from
-    # here; once it imports `keras_dino.data.load_npz`, drop this.
-    if name == "load_npz":
-        from keras_dino.data import load_npz
-
-        return load_npz
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

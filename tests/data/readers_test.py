@@ -276,7 +276,8 @@ def test_from_tfds_offline_with_mock_data():
 def test_dino_fit_on_a_folder_with_bad_files(folder, capsys):
     from keras_dino.models import DINO
     from keras_dino.models import ViTBackbone
-    from keras_dino.optimizers import dino_adamw
+    from keras_dino.optimizers import DINOAdamW
+    from keras_dino.schedules import DINOSchedule
 
     report = BadFileReport()
     dataset = from_image_folder(
@@ -290,7 +291,10 @@ def test_dino_fit_on_a_folder_with_bad_files(folder, capsys):
         image_size=16, patch_size=8, hidden_dim=16, num_layers=1, num_heads=2
     )
     model = DINO(backbone, out_dim=16, hidden_dim=16, bottleneck_dim=8)
-    model.compile(optimizer=dino_adamw(4, steps_per_epoch=3, epochs=2))
+    model.compile(
+        optimizer=DINOAdamW(),
+        schedule=DINOSchedule.paper(4, steps_per_epoch=3, epochs=2),
+    )
     history = model.fit(
         dataset, epochs=2, steps_per_epoch=3, callbacks=[report], verbose=0
     )

@@ -31,9 +31,9 @@ tf.config.set_logical_device_configuration(
 import keras
 import numpy as np
 
-from keras_dino import callbacks
 from keras_dino.models import DINO, ViTBackbone
-from keras_dino.optimizers import dino_adamw
+from keras_dino.optimizers import DINOAdamW
+from keras_dino.schedules import DINOSchedule
 from keras_dino.utils.distribution import num_replicas_in_sync
 
 GLOBAL_BATCH, STEPS = 8, 2
@@ -52,19 +52,19 @@ def run(strategy):
             num_heads=2, mlp_ratio=2.0,
         )
         model = DINO(backbone, out_dim=64, hidden_dim=32, bottleneck_dim=16)
-        model.compile(optimizer=dino_adamw(
-            batch_size=GLOBAL_BATCH, steps_per_epoch=STEPS, epochs=1,
-            base_learning_rate=0.5, warmup_epochs=0, clip_norm=0.5,
-        ))
+        model.compile(
+            optimizer=DINOAdamW(clip_norm=0.5),
+            schedule=DINOSchedule.paper(
+                batch_size=GLOBAL_BATCH, steps_per_epoch=STEPS, epochs=1,
+                learning_rate=0.5, warmup_epochs=0, teacher_momentum=0.9,
+                freeze_last_layer_epochs=0,
+            ),
+        )
         replicas = num_replicas_in_sync()
         initial = _values(model)
     history = model.fit(
         x=crops, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False,
         verbose=0,
-        callbacks=[
-            callbacks.FreezeLastLayer(epochs=0),
-            callbacks.TeacherMomentumSchedule(base=0.9),
-        ],
     )
     return replicas, initial, _values(model), history.history["loss"][0]
 

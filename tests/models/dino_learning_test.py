@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dino import callbacks
 from keras_dino.models import DINO
 from keras_dino.models import ViTBackbone
-from keras_dino.optimizers import dino_adamw
+from keras_dino.optimizers import DINOAdamW
+from keras_dino.schedules import DINOSchedule
 
 OUT_DIM = 256
 BATCH = 32
@@ -90,14 +90,16 @@ def test_dino_learns_on_cifar10(data_dir):
     )
     model = DINO(backbone, out_dim=OUT_DIM, hidden_dim=128, bottleneck_dim=256)
     model.compile(
-        optimizer=dino_adamw(
+        optimizer=DINOAdamW(),
+        schedule=DINOSchedule.paper(
             batch_size=BATCH,
             steps_per_epoch=STEPS_PER_EPOCH,
             epochs=EPOCHS,
-            base_learning_rate=1e-2,  # lr = 1.25e-3
+            learning_rate=1e-2,  # lr = 1.25e-3
             warmup_epochs=1,
             min_learning_rate=1e-5,
-        )
+            teacher_momentum=0.99,
+        ),
     )
     steps = StepLogs()
     start = time.time()
@@ -105,13 +107,7 @@ def test_dino_learns_on_cifar10(data_dir):
         MultiCrop(images),
         epochs=EPOCHS,
         verbose=0,
-        callbacks=[
-            callbacks.TeacherMomentumSchedule(base=0.99),
-            callbacks.TeacherTemperatureSchedule(
-                value=0.04, warmup_value=0.04, warmup_epochs=0
-            ),
-            steps,
-        ],
+        callbacks=[steps],
     )
     elapsed = time.time() - start
     loss = np.array(history.history["loss"])
