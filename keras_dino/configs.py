@@ -172,6 +172,9 @@ ARCHS = {
     "vit_base": {"hidden_dim": 768, "num_heads": 12, "num_layers": 12},
 }
 
+# The ResNet arches of `keras_dino.models.ResNetBackbone.from_variant`.
+RESNET_ARCHS = ("resnet50", "resnet101", "resnet152")
+
 
 def get_config(name, **overrides):
     """A copy of a named configuration with `overrides` applied."""

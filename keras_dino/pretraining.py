@@ -14,6 +14,8 @@ from keras_dino.checkpointing import EpochCheckpoint
 from keras_dino.checkpointing import latest_checkpoint
 from keras_dino.configs import ARCHS
 from keras_dino.models.dino import DINO
+from keras_dino.models.resnet_backbone import RESNET_VARIANTS
+from keras_dino.models.resnet_backbone import ResNetBackbone
 from keras_dino.models.vit_backbone import ViTBackbone
 from keras_dino.schedules import DINOSchedule
 
@@ -56,10 +58,14 @@ def resolve_dtype_policy(name):
 
 
 def build_backbone(config):
-    """The student `ViTBackbone` of a configuration."""
+    """The student backbone of a configuration: a ViT or a ResNet."""
+    dtype = resolve_dtype_policy(config.get("dtype_policy", "float32"))
+    if config["arch"] in RESNET_VARIANTS:
+        return ResNetBackbone.from_variant(config["arch"], dtype=dtype)
     if config["arch"] not in ARCHS:
         raise ValueError(
-            f"Unknown arch {config['arch']!r}; choose one of {sorted(ARCHS)}."
+            f"Unknown arch {config['arch']!r}; choose one of "
+            f"{sorted(ARCHS) + sorted(RESNET_VARIANTS)}."
         )
     arch = dict(ARCHS[config["arch"]])
     # depth / embed_dim / num_heads / mlp_ratio override the named arch.
@@ -76,7 +82,7 @@ def build_backbone(config):
         patch_size=config["patch_size"],
         drop_path_rate=config["drop_path_rate"],
         seed=config.get("seed"),
-        dtype=resolve_dtype_policy(config.get("dtype_policy", "float32")),
+        dtype=dtype,
         **arch,
     )
 
@@ -187,6 +193,10 @@ class EpochStream:
         seed = self.seed
 
         def one_epoch(epoch):
+            # The epoch's ops get explicit seeds; without a graph-level seed
+            # TensorFlow takes them as they are (with a global seed of 0 it
+            # would compare the tensor seed with 0 in Python and fail).
+            tf.compat.v1.get_default_graph().seed = None
             epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
             return self.make_epoch(epoch_seed).repeat().take(steps)
 

@@ -6,21 +6,31 @@ Examples:
     python recipes/pretrain.py --config=imagenet_vits16 \
         --data_path=/data/imagenet/train --output_dir=runs/vits16
 
-    # Small-compute CIFAR-10 recipe on the .npz files, with a k-NN curve:
+    # Small-compute CIFAR-10 recipe on the 5,000-image sample shipped in
+    # recipes/data (any .npz with `images` works), with a k-NN curve:
     python recipes/pretrain.py --config=cifar10_vit_tiny \
-        --npz=../shared/data/cifar10_train.part0.npz,\
-../shared/data/cifar10_train.part1.npz \
-        --knn_npz=../shared/data/cifar10_val.npz --output_dir=runs/cifar
+        --npz=recipes/data/cifar10_demo_train.npz \
+        --knn_npz=recipes/data/cifar10_demo_val.npz --output_dir=runs/cifar
 
-Run it again with the same --output_dir to resume from the last epoch.
+    # The reference's ResNet-50 (SGD, BatchNorm in the head):
+    python recipes/pretrain.py --config=imagenet_resnet50 \
+        --data_path=/data/imagenet/train --output_dir=runs/rn50
+
+Run it again with the same --output_dir to resume from the last epoch; the
+run's configuration is stored in --output_dir/config.json and a resume
+with other values is refused with the list of differences.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 
 from keras_dino import configs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_flags  # noqa: E402  (this folder, put on sys.path above)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -50,14 +60,16 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line.")
 
-# Each override: (DEFINE function, extra args, help). The help names the
+# Each override: (DEFINE function, enum values or [], help). The help names the
 # unit; the effective default is the chosen --config's value, printed by
 # the recipe at start.
 _OVERRIDES = {
     "arch": (
-        flags.DEFINE_enum,
-        ["vit_tiny", "vit_small", "vit_base"],
-        "Backbone architecture, as the reference's --arch.",
+        flags.DEFINE_string,
+        [],
+        "Backbone: vit_tiny, vit_small or vit_base with --patch_size (as "
+        "the reference's --arch), a variant name such as ViT-S/16, or "
+        "resnet50.",
     ),
     "patch_size": (flags.DEFINE_integer, [], "ViT patch size in pixels."),
     "depth": (flags.DEFINE_integer, [], "Number of transformer blocks."),
@@ -180,10 +192,25 @@ for _name, (_define, _extra, _help) in _OVERRIDES.items():
     _define(
         _name,
         None,
-        *_extra,
+        *([_extra] if _extra else []),
         f"{_help} Default: the --config's value ({_default} in "
         "imagenet_vits16).",
     )
+
+
+def _arch_overrides(arch, patch_size):
+    """`arch` and `patch_size` config values of an `--arch` flag."""
+    if arch.lower() in configs.RESNET_ARCHS:
+        return {"arch": arch.lower()}
+    try:
+        variant, patch = recipe_flags.resolve_arch(arch, patch_size)
+    except ValueError as e:
+        raise app.UsageError(
+            f"{e} (or resnet50 for the ResNet-50 backbone)"
+        ) from e
+    letter = variant.split("-")[1].split("/")[0]
+    names = {v: k for k, v in recipe_flags.REFERENCE_ARCHS.items()}
+    return {"arch": names[letter], "patch_size": patch}
 
 
 def config_from_flags():
@@ -196,6 +223,10 @@ def config_from_flags():
         if name.endswith("_scale"):
             value = tuple(float(v) for v in value)
         overrides[name] = value
+    if "arch" in overrides:
+        overrides.update(
+            _arch_overrides(overrides["arch"], overrides.get("patch_size"))
+        )
     return configs.get_config(FLAGS.config, **overrides)
 
 
@@ -209,6 +240,10 @@ def main(argv):
         raise app.UsageError(
             "Give exactly one of --data_path, --tfds_name or --npz."
         )
+    needs = [("tensorflow", "the tf.data multi-crop input pipeline")]
+    if FLAGS.tfds_name:
+        needs.append(("tensorflow_datasets", "--tfds_name"))
+    recipe_flags.require("pretrain", needs)
     augmentation = pretraining.multi_crop_augmentation(config)
     dataset, num_images = pretraining.pretraining_dataset(
         augmentation,

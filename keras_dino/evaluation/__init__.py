@@ -51,4 +51,3 @@ __all__ = [
     "upsample_nearest",
     "visualize_attention",
 ]
-

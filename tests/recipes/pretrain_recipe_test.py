@@ -1,6 +1,7 @@
 """Pretraining library and recipe: end to end, checkpoints and resume."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from keras_dino import configs
 from keras_dino import pretraining
+from keras_dino.callbacks import NonFiniteLossError
 from keras_dino.checkpointing import latest_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -98,6 +100,21 @@ def test_resume_after_interruption_keeps_the_schedules(tiny_npz, tmp_path):
     # interruption with the right values.
     temps = [float(row["teacher_temperature"]) for row in resumed]
     np.testing.assert_allclose(temps, [0.04, 0.06, 0.06], rtol=1e-6)
+    # The input stream resumed at epoch 3 too: the same losses and the same
+    # final teacher as the uninterrupted run.
+    np.testing.assert_allclose(
+        [float(row["loss"]) for row in resumed],
+        [float(row["loss"]) for row in straight],
+        rtol=1e-5,
+    )
+    teachers = [
+        keras.saving.load_model(
+            tmp_path / name / "teacher_backbone.keras"
+        ).get_weights()
+        for name in ("straight", "resumed")
+    ]
+    for a, b in zip(*teachers):
+        np.testing.assert_allclose(a, b, atol=1e-5)
     assert (tmp_path / "resumed" / "teacher_backbone.keras").exists()
     assert (tmp_path / "resumed" / "initial_backbone.keras").exists()
     # The configuration's seed fixes the initial weights.
@@ -109,6 +126,82 @@ def test_resume_after_interruption_keeps_the_schedules(tiny_npz, tmp_path):
     ]
     for a, b in zip(*initial):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_changed_values_is_refused(tiny_npz, tmp_path):
+    config = configs.get_config("cifar10_vit_tiny", **TINY)
+    _run(config, tiny_npz, tmp_path, stop_after=1)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["epochs"] == 3 and stored["steps_per_epoch"] == 3
+    longer = dict(config, epochs=6, lr=0.01)
+    with pytest.raises(ValueError) as error:
+        _run(longer, tiny_npz, tmp_path)
+    message = str(error.value)
+    assert "epochs: 3 -> 6" in message and "lr: 0.004 -> 0.01" in message
+    assert "new --output_dir" in message
+    # Nothing was trained or written by the refused call.
+    assert latest_checkpoint(tmp_path / "checkpoints")[1] == 1
+    assert len(_history(tmp_path)) == 1
+
+
+def test_no_checkpoint_after_a_non_finite_step(tiny_npz, tmp_path):
+    config = configs.get_config("cifar10_vit_tiny", **TINY)
+    augmentation = pretraining.multi_crop_augmentation(config)
+    stream, num_images = pretraining.pretraining_dataset(
+        augmentation, config["batch_size"], npz_paths=tiny_npz, seed=0
+    )
+    steps = pretraining.steps_for(num_images, config["batch_size"])
+    clean = stream.dataset(steps)
+    # Epoch 1 is clean; from epoch 2 on the global crops hold a NaN.
+    poisoned = clean.take(steps).concatenate(
+        clean.skip(steps).map(
+            lambda *crops: (crops[0] * float("nan"),) + tuple(crops[1:])
+        )
+    )
+    with pytest.raises(NonFiniteLossError):
+        pretraining.pretrain(config, poisoned, steps, str(tmp_path), verbose=0)
+    path, done = latest_checkpoint(tmp_path / "checkpoints")
+    assert done == 1
+    weights = keras.saving.load_model(path).get_weights()
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    # The run resumes from that checkpoint and finishes.
+    model, history = pretraining.pretrain(
+        config, stream, steps, str(tmp_path), verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert int(model.iteration) == 3 * steps
+
+
+def test_a_finite_loss_with_a_non_finite_update_saves_nothing(
+    tiny_npz, tmp_path
+):
+    # The issue's case: --lr=1e40 --warmup_epochs=0 overflows the weights
+    # at the first update while that step's loss is finite.
+    config = configs.get_config(
+        "cifar10_vit_tiny", **dict(TINY, lr=1e40, warmup_epochs=0)
+    )
+    with pytest.raises(NonFiniteLossError, match="weights became"):
+        _run(config, tiny_npz, tmp_path)
+    assert latest_checkpoint(tmp_path / "checkpoints") is None
+
+
+def test_build_optimizer_names():
+    from keras_dino import optimizers
+
+    config = configs.get_config("cifar10_vit_tiny", clip_grad=0.0)
+    kinds = {
+        "adamw": optimizers.DINOAdamW,
+        "sgd": optimizers.DINOSGD,
+        "lars": optimizers.LARS,
+    }
+    for name, cls in kinds.items():
+        optimizer = pretraining.build_optimizer(dict(config, optimizer=name))
+        assert type(optimizer) is cls and optimizer.clip_norm is None
+    with pytest.raises(ValueError, match="adamw"):
+        pretraining.build_optimizer(dict(config, optimizer="adam"))
+    resnet = pretraining.build_backbone(configs.get_config("imagenet_resnet50"))
+    assert resnet.output_shape == (None, 2048)
 
 
 def test_unknown_configuration_and_keys_are_clear_errors():
@@ -146,8 +239,9 @@ def test_dtype_policy_resolution_and_mixed_model(monkeypatch):
     assert resolve("auto") == "mixed_bfloat16"
     monkeypatch.setattr(pretraining, "_cpu_has_bfloat16_units", lambda: False)
     assert resolve("auto") == "float32"
-    with pytest.raises(ValueError, match="use mixed_bfloat16"):
-        resolve("mixed_float16")
+    assert resolve("mixed_float16") == "mixed_float16"
+    with pytest.raises(ValueError, match="dtype_policy"):
+        resolve("float16")
     config = configs.get_config(
         "cifar10_vit_tiny",
         depth=1,
