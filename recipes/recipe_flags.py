@@ -304,7 +304,7 @@ def run(run_fn, flag_values):
     app.run(main)
 
 
-def load_backbone(flag_values, image_size=0):
+def backbone_from_flags(flag_values, image_size=0):
     """The backbone given by the backbone flags (`image_size` 0: its own).
 
     With --random_init, builds --arch (with --patch_size); with --backbone

@@ -88,7 +88,7 @@ def _run():
     from keras_dino import evaluation
     from keras_dino import layers
 
-    backbone = recipe_flags.load_backbone(FLAGS)
+    backbone = recipe_flags.backbone_from_flags(FLAGS)
     preprocessing = layers.ImagePreprocessing()
     keep = FLAGS.threshold if FLAGS.threshold > 0 else None
     written, rows = [], []

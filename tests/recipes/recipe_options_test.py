@@ -95,7 +95,7 @@ def test_random_init_from_reference_and_variant_names():
             ["eval_knn", "--random_init", "--image_size=32", *args]
             + ["--train_data=x.npz", "--val_data=y.npz"]
         )
-        backbone = recipe.recipe_flags.load_backbone(recipe.FLAGS, 32)
+        backbone = recipe.recipe_flags.backbone_from_flags(recipe.FLAGS, 32)
         configs.append(backbone.get_config())
     for config in configs:
         assert (config["hidden_dim"], config["num_heads"]) == (192, 3)
