@@ -70,7 +70,9 @@ def _run():
     ks = [int(k) for k in FLAGS.ks]
     if min(ks) < 1:
         raise ValueError(f"--ks must be positive numbers; got {FLAGS.ks}.")
-    backbone = recipe_flags.backbone_from_flags(FLAGS, image_size=FLAGS.image_size)
+    backbone = recipe_flags.backbone_from_flags(
+        FLAGS, image_size=FLAGS.image_size
+    )
     image_size = FLAGS.image_size or backbone.image_size
     features = recipe_flags.split_features(
         FLAGS, backbone, image_size, normalize=True, cache_prefix="knn"

@@ -164,7 +164,9 @@ def _run():
             f"reference); got --n_last_blocks={FLAGS.n_last_blocks}."
         )
     keras.utils.set_random_seed(FLAGS.seed)
-    backbone = recipe_flags.backbone_from_flags(FLAGS, image_size=FLAGS.image_size)
+    backbone = recipe_flags.backbone_from_flags(
+        FLAGS, image_size=FLAGS.image_size
+    )
     check_n_last_blocks(FLAGS.n_last_blocks, backbone)
     image_size = FLAGS.image_size or backbone.image_size
     if FLAGS.fast:
