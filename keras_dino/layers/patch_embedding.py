@@ -34,6 +34,15 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, hidden_dim, image_size, **kwargs):
         super().__init__(**kwargs)
+        for name, value in (
+            ("patch_size", patch_size),
+            ("hidden_dim", hidden_dim),
+            ("image_size", image_size),
+        ):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(
+                    f"{name} must be a positive integer, got {value!r}."
+                )
         if image_size % patch_size:
             raise ValueError(
                 f"image_size ({image_size}) must be a multiple of "
