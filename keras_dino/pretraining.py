@@ -11,7 +11,10 @@ import os
 import keras
 
 from keras_dino.checkpointing import EpochCheckpoint
+from keras_dino.checkpointing import clean_partial_files
 from keras_dino.checkpointing import latest_checkpoint
+from keras_dino.checkpointing import read_latest
+from keras_dino.checkpointing import repair_history
 from keras_dino.configs import ARCHS
 from keras_dino.models.dino import DINO
 from keras_dino.models.resnet_backbone import RESNET_VARIANTS
@@ -457,9 +460,18 @@ def pretrain(
         `(model, history)`.
     """
     os.makedirs(output_dir, exist_ok=True)
-    check_run_config(output_dir, config, steps_per_epoch)
     ckpt_dir = os.path.join(output_dir, "checkpoints")
+    # Partial files of a killed run (never read; see clean_partial_files).
+    clean_partial_files(output_dir)
+    clean_partial_files(ckpt_dir)
+    check_run_config(output_dir, config, steps_per_epoch)
     latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        # history.csv gets the row of the checkpoint's epoch back if a kill
+        # came before the CSV write, and loses rows of later epochs.
+        record = read_latest(ckpt_dir)
+        logs = record.get("logs") if record["epoch"] == latest[1] else None
+        repair_history(os.path.join(output_dir, "history.csv"), latest[1], logs)
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
         if latest is not None:
