@@ -127,6 +127,22 @@ def _check_optimizer_fits_schedule(optimizer, schedule):
         )
 
 
+class _StepVariables:
+    """Variables the training step reads besides the model's own lists.
+
+    A plain object, so that Keras does not track the optimizer slots in it
+    as weights of the model.
+
+    Attributes:
+        frozen: the frozen last-layer variables and their optimizer slots.
+        student: the student's trainable weights (checked for finiteness).
+    """
+
+    def __init__(self):
+        self.frozen = []
+        self.student = []
+
+
 def _inner_optimizer(optimizer):
     """The optimizer inside a `LossScaleOptimizer` (or itself)."""
     return getattr(optimizer, "inner_optimizer", optimizer)
@@ -335,7 +351,7 @@ class DINO(keras.Model):
         )
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.schedule = None
-        self._frozen_state = []
+        self._step_variables = _StepVariables()
         self.built = True
 
     # --- forward -------------------------------------------------------
@@ -460,14 +476,14 @@ class DINO(keras.Model):
             optimizer.scheduled_weight_decay.assign(
                 self.schedule.weight_decay_at(step)
             )
-        return [ops.copy(v) for v in self._frozen_state]
+        return [ops.copy(v) for v in self._step_variables.frozen]
 
     def _after_optimizer_step(self, snapshot):
         """Restores frozen state, runs the teacher EMA, advances the step."""
         schedule, step = self.schedule, self.iteration
-        if self._frozen_state:
+        if self._step_variables.frozen:
             frozen = schedule.last_layer_frozen_at(step)
-            for variable, old in zip(self._frozen_state, snapshot):
+            for variable, old in zip(self._step_variables.frozen, snapshot):
                 variable.assign(
                     ops.where(frozen, old, ops.convert_to_tensor(variable))
                 )
@@ -475,7 +491,10 @@ class DINO(keras.Model):
         for student, teacher in self._ema_pairs():
             m = ops.cast(momentum, teacher.dtype)
             teacher.assign(teacher * m + (1.0 - m) * student)
-        sums = [ops.sum(ops.cast(v, "float32")) for v in self._student_weights]
+        sums = [
+            ops.sum(ops.cast(v, "float32"))
+            for v in self._step_variables.student
+        ]
         finite = ops.all(ops.isfinite(ops.stack(sums)))
         optimizer = _inner_optimizer(self.optimizer)
         logs = {
@@ -602,7 +621,7 @@ class DINO(keras.Model):
                 ]
             )
         self.optimizer.build(self.trainable_variables)
-        self._student_weights = [
+        self._step_variables.student = [
             w for w in self.student_backbone.weights if w.trainable
         ] + [w for w in self.student_head.weights if w.trainable]
         frozen = []
@@ -610,7 +629,7 @@ class DINO(keras.Model):
             frozen = [
                 v for v in self.student_head.last_layer_variables if v.trainable
             ]
-        self._frozen_state = frozen + _slots_of(self.optimizer, frozen)
+        self._step_variables.frozen = frozen + _slots_of(self.optimizer, frozen)
 
     def get_compile_config(self):
         config = super().get_compile_config()

@@ -205,9 +205,11 @@ def test_last_layer_frozen_for_exactly_three_epochs(tiny, make_optimizer):
     model = _model(tiny, optimizer, schedule)
     crops = tiny.crops(batch=BATCH * STEPS)
     v0 = tiny.np(model.student_head.last_layer_v)
-    slots = model._frozen_state[1:]
+    slots = model._step_variables.frozen[1:]
     assert slots, "the last layer's optimizer slots were not found"
     slots0 = [tiny.np(s) for s in slots]
+    # The slots are the optimizer's, not weights of the model.
+    assert not {id(s) for s in slots} & {id(w) for w in model.weights}
     for epoch in range(4):
         _fit(model, crops, [], epochs=1)
         v = tiny.np(model.student_head.last_layer_v)
