@@ -238,6 +238,20 @@ def test_stock_optimizer_decay_excludes_biases_and_norms(tiny):
         assert optimizer._use_weight_decay(v) == expected, v.path
 
 
+def test_the_optimizers_own_float_learning_rate(tiny):
+    # DINOAdamW(learning_rate=<float>) once crashed fit on JAX; with the
+    # schedule's learning rate off, the optimizer's float is used and logged.
+    model = _model(
+        tiny,
+        DINOAdamW(learning_rate=1e-3),
+        _schedule(learning_rate=None),
+    )
+    steps = []
+    _fit(model, tiny.crops(batch=BATCH * STEPS), steps, epochs=1)
+    np.testing.assert_allclose([s["learning_rate"] for s in steps], 1e-3)
+    assert np.isfinite([s["loss"] for s in steps]).all()
+
+
 def test_conflicting_optimizer_settings_are_refused(tiny):
     model = tiny.dino()
     decaying = keras.optimizers.schedules.CosineDecay(1e-3, 10)
