@@ -186,6 +186,8 @@ class EpochStream:
     def __init__(self, make_epoch, seed=0):
         self.make_epoch = make_epoch
         self.seed = int(seed or 0)
+        # A `BadFileReport` that `pretrain` adds to the callbacks.
+        self.bad_file_report = None
 
     def dataset(self, steps_per_epoch, initial_epoch=0):
         """Infinite dataset: `steps_per_epoch` batches per epoch, from
@@ -224,6 +226,10 @@ def pretraining_dataset(
     """A multi-crop `EpochStream` from one source, and its image count.
 
     Exactly one of `image_folder`, `tfds_name` and `npz_paths` is given.
+    For an image folder, `stream.bad_file_report` (`bad_file_report`, or
+    a new `BadFileReport`) records the skipped files and `pretrain` lists
+    them at the end of each epoch; a folder where no file decodes raises
+    a `ValueError` naming it and the number of undecodable files.
     `pretrain` turns the stream into a dataset that starts at the run's
     next epoch; `stream.dataset(steps_per_epoch)` gives one for `fit`.
 
@@ -253,7 +259,15 @@ def pretraining_dataset(
             )
 
     elif image_folder is not None:
-        files = data.list_image_files(image_folder)[0]
+        from keras_dino.data.image_folder import check_some_image_decodes
+
+        # Skipped files are listed at the end of each epoch (`pretrain`
+        # adds the stream's report to the callbacks); a folder where
+        # nothing decodes is refused here, before any training.
+        if bad_file_report is None:
+            bad_file_report = data.BadFileReport()
+        files = data.list_image_files(image_folder, bad_file_report)[0]
+        check_some_image_decodes(image_folder, files, bad_file_report)
         num_images = (
             len(files) if not max_images else min(len(files), max_images)
         )
@@ -299,7 +313,9 @@ def pretraining_dataset(
                 dataset = dataset.take(max_images // batch_size)
             return dataset
 
-    return EpochStream(make_epoch, seed), num_images
+    stream = EpochStream(make_epoch, seed)
+    stream.bad_file_report = bad_file_report
+    return stream, num_images
 
 
 def default_strategy():
@@ -497,7 +513,10 @@ def pretrain(
     last_epoch = config["epochs"]
     if stop_after_epochs:
         last_epoch = min(last_epoch, int(stop_after_epochs))
+    report_callbacks = []
     if isinstance(dataset, EpochStream):
+        if dataset.bad_file_report is not None:
+            report_callbacks.append(dataset.bad_file_report)
         dataset = dataset.dataset(steps_per_epoch, initial_epoch)
     if initial_epoch >= last_epoch:
         print(f"{initial_epoch} of {config['epochs']} epochs are done.")
@@ -510,7 +529,8 @@ def pretrain(
             steps_per_epoch=steps_per_epoch,
             callbacks=list(extra_callbacks)
             + [EpochCheckpoint(ckpt_dir)]
-            + logging_callbacks(output_dir),
+            + logging_callbacks(output_dir)
+            + report_callbacks,
             verbose=verbose,
             shuffle=False,
         )

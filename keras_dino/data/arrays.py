@@ -7,6 +7,11 @@ import tensorflow as tf
 
 from keras_dino.data import pipeline
 
+# Float images are in [0, 1]; this much above 1 (e.g. a resampling
+# overshoot) is still accepted, anything larger means a [0, 255] float
+# array, which would saturate to white.
+_FLOAT_MAX_TOLERANCE = 1e-2
+
 
 def _check_arrays(images, labels):
     images = np.asarray(images)
@@ -24,6 +29,15 @@ def _check_arrays(images, labels):
         )
     if len(images) == 0:
         raise ValueError("`images` is empty.")
+    if images.dtype.kind == "f":
+        largest = float(np.nanmax(images)) if images.size else 0.0
+        if largest > 1.0 + _FLOAT_MAX_TOLERANCE:
+            raise ValueError(
+                "Float `images` must hold values in [0, 1], but their "
+                f"largest value is {largest:g}: values in [0, 255] would "
+                "all saturate to white. Pass them as uint8 "
+                "(`images.astype('uint8')`) or divide them by 255."
+            )
     if labels is None:
         labels = np.full([len(images)], -1, np.int64)
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -55,7 +69,8 @@ def from_arrays(
 
     Args:
         images: array `(N, H, W, C)` (C = 1, 3 or 4) or `(N, H, W)`, uint8
-            in [0, 255] or float in [0, 1].
+            in [0, 255] or float in [0, 1]; a float array with values above
+            1.01 (e.g. floats in [0, 255]) is refused with a `ValueError`.
         labels: optional int array `(N,)`; -1 everywhere when `None`.
         augmentation: callable `(image, seed) -> crops`, by default
             `MultiCropAugmentation(seed=seed)`.

@@ -1,5 +1,6 @@
 """Keeps track of image files that could not be decoded."""
 
+import os
 import threading
 
 import keras
@@ -38,17 +39,44 @@ class BadFileReport(keras.callbacks.Callback):
         self.max_listed = max_listed
         self._lock = threading.Lock()
         self._counts = {}
+        self._reasons = {}
         self._reported = set()
 
-    def record(self, path):
-        """Records that `path` (str or bytes) was skipped."""
+    def record(self, path, reason=None):
+        """Records that `path` (str or bytes) was skipped.
+
+        Args:
+            path: the skipped file; bytes that are not UTF-8 are shown as
+                U+FFFD.
+            reason: optional short text, e.g. "a FIFO, not a regular
+                file"; by default the file could not be read or decoded.
+        """
         if isinstance(path, bytes):
             path = path.decode("utf-8", errors="replace")
+        else:
+            path = os.fsencode(path).decode("utf-8", errors="replace")
         with self._lock:
             first = path not in self._counts
             self._counts[path] = self._counts.get(path, 0) + 1
+            if reason is not None:
+                self._reasons[path] = str(reason)
         if first:
-            logging.warning("Skipping unreadable image file: %s", path)
+            logging.warning(
+                "Skipping image file %s: %s",
+                path,
+                reason or "cannot be read or decoded",
+            )
+
+    def reason(self, path):
+        """Why `path` was skipped (`None` if it was not)."""
+        with self._lock:
+            if path not in self._counts:
+                return None
+            return self._reasons.get(path, "cannot be read or decoded")
+
+    def _describe(self, path):
+        reason = self._reasons.get(path)
+        return f"{path} ({reason})" if reason else path
 
     @property
     def bad_files(self):
@@ -66,6 +94,7 @@ class BadFileReport(keras.callbacks.Callback):
         """Forgets all recorded files."""
         with self._lock:
             self._counts.clear()
+            self._reasons.clear()
             self._reported.clear()
 
     def summary(self):
@@ -73,12 +102,14 @@ class BadFileReport(keras.callbacks.Callback):
         files = self.bad_files
         if not files:
             return "No image file was skipped."
-        listed = "\n  ".join(files[: self.max_listed])
+        with self._lock:
+            described = [self._describe(f) for f in files[: self.max_listed]]
+        listed = "\n  ".join(described)
         more = len(files) - self.max_listed
         tail = f"\n  ... and {more} more" if more > 0 else ""
         return (
             f"Skipped {len(files)} image file(s) that could not be read or "
-            f"decoded:\n  {listed}{tail}"
+            f"decoded, or are not regular files:\n  {listed}{tail}"
         )
 
     def _report_new(self, when):
@@ -86,9 +117,10 @@ class BadFileReport(keras.callbacks.Callback):
             new = sorted(set(self._counts) - self._reported)
             self._reported.update(new)
             total = len(self._counts)
+            described = [self._describe(f) for f in new[: self.max_listed]]
         if not new or not self.verbose:
             return
-        listed = ", ".join(new[: self.max_listed])
+        listed = ", ".join(described)
         more = len(new) - self.max_listed
         tail = f" and {more} more" if more > 0 else ""
         message = (
