@@ -9,6 +9,7 @@ putting their own folder on `sys.path`.
 
 import hashlib
 import importlib
+import json
 import os
 import sys
 
@@ -365,11 +366,62 @@ def load_split(split, source, max_examples, image_size):
     return images, labels
 
 
+def model_digest(model):
+    """A hash of a feature model's content: its configuration and weights.
+
+    Keys the --cache_dir files on what the backbone computes rather than on
+    where it was loaded from, so a backbone retrained and saved at the
+    same path does not reuse the features of the old one.
+    """
+    import keras
+    import numpy as np
+
+    digest = hashlib.sha256(type(model).__name__.encode())
+    try:
+        config = json.dumps(model.get_config(), sort_keys=True, default=str)
+    except Exception:  # a model without a serialisable configuration
+        config = ""
+    digest.update(config.encode())
+    for weight in getattr(model, "weights", []):
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        header = f"{weight.path}|{value.shape}|{value.dtype}|"
+        digest.update(header.encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def source_identity(source):
+    """What identifies a data source's content cheaply: for each local
+    file or folder of `source` (comma-separated), its real path, size and
+    modification time (of a folder: of it and of its sub-folders, the
+    classes); other sources (tfds:...) by their name."""
+    parts = []
+    for part in str(source).split(","):
+        path = part.strip()
+        if not os.path.exists(path):
+            parts.append(path)
+            continue
+        entries = [os.path.realpath(path)]
+        if os.path.isdir(path):
+            entries += sorted(
+                e.path
+                for e in os.scandir(path)
+                if e.is_dir() and not e.name.startswith(".")
+            )
+        for entry in entries:
+            info = os.stat(entry)
+            parts.append(f"{entry}:{info.st_size}:{info.st_mtime_ns}")
+    return "|".join(parts)
+
+
 def cache_path(flag_values, prefix, split, source, image_size, key=()):
     """The --cache_dir file of one split's features (None: no cache).
 
     The file name hashes everything the features depend on: the backbone
-    flags, the data, the preprocessing and the recipe's own `key` values.
+    flags, the data (`source_identity`: paths, sizes and modification
+    times), the preprocessing and the recipe's own `key` values;
+    `split_features` adds the backbone's content (`model_digest`) to
+    `key`.
     """
     if not flag_values.cache_dir:
         return None
@@ -380,6 +432,7 @@ def cache_path(flag_values, prefix, split, source, image_size, key=()):
         flag_values.random_init,
         flag_values.seed,
         source,
+        source_identity(source),
         image_size,
         flag_values.crop_fraction,
         *key,
@@ -407,6 +460,9 @@ def split_features(
         image_size, crop_fraction=flag_values.crop_fraction
     )
     features = {}
+    if flag_values.cache_dir:
+        # Keyed on the weights, not only the backbone's path.
+        cache_key = (*cache_key, model_digest(model))
     for split, source, limit in data_splits(flag_values):
         options = {
             "normalize": normalize,
