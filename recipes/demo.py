@@ -131,11 +131,18 @@ def main(argv):
     from keras_dino.evaluation.learning_curve import read_history
 
     out = FLAGS.output_dir
+    schedule_epochs = max(FLAGS.schedule_epochs, FLAGS.epochs)
     config = configs.get_config(
         "cifar10_vit_tiny",
-        **configs.DEMO_OVERRIDES,
-        epochs=max(FLAGS.schedule_epochs, FLAGS.epochs),
-        freeze_last_layer=max(FLAGS.schedule_epochs, FLAGS.epochs),
+        **{
+            **configs.DEMO_OVERRIDES,
+            # A short schedule (as in the tests) warms up for all of it.
+            "warmup_epochs": min(
+                configs.DEMO_OVERRIDES["warmup_epochs"], schedule_epochs
+            ),
+        },
+        epochs=schedule_epochs,
+        freeze_last_layer=schedule_epochs,
         seed=FLAGS.seed,
     )
     train_x, train_y = load_npz(FLAGS.train_npz)
