@@ -1,33 +1,44 @@
-"""Training-step throughput and peak memory of DINO on each Keras backend.
+"""Training-step throughput and peak memory: keras_dino vs the reference.
 
-Runs each (backend, config) in a fresh subprocess so that peak memory
-(`ru_maxrss`) is that of one run, and prints one table: images per second
-(median of the timed steps after warm-up), peak resident memory, the matmul
-GFLOP/s achieved (analytic matmul FLOPs of one step per image x images/s)
-and the machine's single-precision GEMM rate measured here with numpy and
-torch.
+Each DINO step is the full step: student and teacher forwards, loss,
+backward, per-parameter clipping, AdamW, last-layer freeze and teacher EMA.
+Every (config, backend) runs in a fresh subprocess, so that peak memory
+(`ru_maxrss`) is that of one run, and times its steps inside one `fit` (a
+callback stamps each batch end; the first steps are warm-up), reporting
+the median step and the spread.
 
-Reference PyTorch DINO on the same 2-core machine (its full step: both
-forwards, loss, backward, clipping, AdamW, EMA; images/s, peak GB):
-CFG-C 12 / 3.5, CFG-T 4.0 / 2.8, CFG-S 1.2 / 3.6.
+`--compare_reference` adds a reference-style PyTorch step on the same
+shapes: `tests/reference_torch.py`, the suite's independent plain-torch
+rewrite of `main_dino.py` (its ViT with stochastic depth 0.1 in the
+student, `DINOHead`, `DINOLoss`, `torch.optim.AdamW` with the reference's
+parameter groups, `clip_gradients`, `cancel_gradients_last_layer` and the
+per-parameter EMA loop). The reference and each backend run one after the
+other, `--rounds` times over (interleaved), and the headline is the ratio
+of images/s to the reference's in the same round (median over rounds, with
+the min-max), so that a busy or slow period of the machine affects both
+sides. The machine's float32 GEMM rate is printed with the absolute
+figures.
 
 Usage:
-    python benchmarks/train_step.py [--configs CFG-C,CFG-T,CFG-S]
-        [--backends jax,tensorflow,torch] [--steps 6]
-        [--dtype_policy float32|mixed_bfloat16]
+    python benchmarks/train_step.py --compare_reference \
+        [--configs CFG-C,CFG-T,CFG-S] [--backends jax,tensorflow,torch] \
+        [--rounds 3] [--steps 6] [--dtype_policy float32|mixed_bfloat16]
 
 `--dtype_policy mixed_bfloat16` computes the backbones in bfloat16 (heads,
-loss and weights stay float32), which uses the AMX / AVX-512 BF16 units of
-CPUs that have them. The GFLOP/s column is then not comparable with the
-float32 GEMM rate.
+loss and weights stay float32); the reference step stays float32, as the
+reference trains on CPUs. The GFLOP/s column is then not comparable with
+the float32 GEMM rate.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONFIGS = {
     "CFG-C": dict(
@@ -61,8 +72,9 @@ CONFIGS = {
         batch=8,
     ),
 }
-REFERENCE = {"CFG-C": (12.0, 3.5), "CFG-T": (4.0, 2.8), "CFG-S": (1.2, 3.6)}
-WIDTHS = {"ViT-T/16": (192, 12), "ViT-S/16": (384, 12)}
+# (width, depth, heads) of the variants.
+WIDTHS = {"ViT-T/16": (192, 12, 3), "ViT-S/16": (384, 12, 6)}
+WARMUP_STEPS = 2
 
 
 def vit_flops(dim, depth, tokens, patch_pixels):
@@ -74,7 +86,7 @@ def vit_flops(dim, depth, tokens, patch_pixels):
 
 def step_flops_per_image(cfg):
     """Matmul FLOPs of one training step per image (fwd x3 for backward)."""
-    dim, depth = WIDTHS[cfg["variant"]]
+    dim, depth, _ = WIDTHS[cfg["variant"]]
     p = cfg["patch_size"]
     head = 2 * (dim * 2048 + 2048 * 2048 + 2048 * 256 + 256 * cfg["out_dim"])
 
@@ -118,12 +130,47 @@ def gemm_rates():
     return rates
 
 
-def run_one(name, steps, dtype_policy="float32"):
-    """Runs in the subprocess: time `steps` DINO steps with `fit`."""
+def _random_crops(cfg, channels_first=False):
+    """The same random multi-crop batch for both sides (float32)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    b, g, loc = cfg["batch"], cfg["global_size"], cfg["local_size"]
+    sizes = [g, g] + [loc] * cfg["num_local"]
+    crops = [rng.standard_normal((b, s, s, 3), dtype="float32") for s in sizes]
+    if channels_first:
+        crops = [np.ascontiguousarray(c.transpose(0, 3, 1, 2)) for c in crops]
+    return crops
+
+
+def _peak_gb():
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _report(step_times, batch):
+    import numpy as np
+
+    times = np.asarray(step_times)
+    print(
+        json.dumps(
+            {
+                "images_per_s": batch / float(np.median(times)),
+                "step_s": float(np.median(times)),
+                "step_min_s": float(times.min()),
+                "step_max_s": float(times.max()),
+                "peak_gb": _peak_gb(),
+            }
+        )
+    )
+
+
+def run_keras(name, steps, dtype_policy="float32"):
+    """Runs in the subprocess: `steps` timed DINO steps inside one `fit`."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
     import keras_dino
 
@@ -139,24 +186,14 @@ def run_one(name, steps, dtype_policy="float32"):
     model = keras_dino.models.DINO(
         backbone, out_dim=cfg["out_dim"], dtype=dtype_policy
     )
-    warmup = 2
+    total = WARMUP_STEPS + steps
     model.compile(
-        optimizer=keras_dino.optimizers.DINOAdamW(),
+        optimizer=keras_dino.optimizers.DINOAdamW(clip_norm=3.0),
         schedule=keras_dino.schedules.DINOSchedule.paper(
-            cfg["batch"], steps_per_epoch=warmup + steps, epochs=100
+            cfg["batch"], steps_per_epoch=total, epochs=100
         ),
     )
-    rng = np.random.default_rng(0)
-    b, g, loc = cfg["batch"], cfg["global_size"], cfg["local_size"]
-    crops = tuple(
-        rng.standard_normal((b, g, g, 3), dtype="float32") for _ in range(2)
-    ) + tuple(
-        rng.standard_normal((b, loc, loc, 3), dtype="float32")
-        for _ in range(cfg["num_local"])
-    )
-
-    import tensorflow as tf
-
+    crops = tuple(_random_crops(cfg))
     dataset = tf.data.Dataset.from_tensors((crops,)).repeat()
 
     class BatchEndStamps(keras.callbacks.Callback):
@@ -170,87 +207,212 @@ def run_one(name, steps, dtype_policy="float32"):
             self.times.append(time.perf_counter())
 
     stamps = BatchEndStamps()
-    # One fit: the first `warmup` steps compile and warm up; the steps
-    # after them are timed between consecutive batch ends.
+    # One fit: the first steps compile and warm up; the steps after them
+    # are timed between consecutive batch ends.
     model.fit(
         dataset,
-        steps_per_epoch=warmup + steps,
+        steps_per_epoch=total,
         epochs=1,
         verbose=0,
         callbacks=[stamps],
     )
-    times = list(np.diff(stamps.times[warmup - 1 :]))
-    step = float(np.median(times))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(
-        json.dumps({"images_per_s": b / step, "step_s": step, "peak_gb": peak})
+    _report(np.diff(stamps.times[WARMUP_STEPS - 1 :]), cfg["batch"])
+
+
+def run_reference(name, steps):
+    """Runs in the subprocess: the reference-style plain-PyTorch step."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import reference_torch as ref
+
+    cfg = CONFIGS[name]
+    dim, depth, heads = WIDTHS[cfg["variant"]]
+    arch = dict(
+        img_size=cfg["image_size"],
+        patch_size=cfg["patch_size"],
+        dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        out_dim=cfg["out_dim"],
+        hidden_dim=2048,
+        bottleneck_dim=256,
+        nlayers=3,
     )
+    total = WARMUP_STEPS + steps
+    lr = 5e-4 * cfg["batch"] / 256
+    model = ref.ReferenceDINO(
+        None,
+        arch,
+        ncrops=2 + cfg["num_local"],
+        lr_schedule=ref.cosine_scheduler(lr, 1e-6, 100, total, 10),
+        wd_schedule=ref.cosine_scheduler(0.04, 0.4, 100, total),
+        momentum_schedule=ref.cosine_scheduler(0.996, 1.0, 100, total),
+        teacher_temp_schedule=np.full(100, 0.04),
+        clip_grad=3.0,
+        freeze_last_layer=1,
+        niter_per_ep=total,
+        drop_path_rate=0.1,
+    )
+    crops = [
+        torch.from_numpy(c) for c in _random_crops(cfg, channels_first=True)
+    ]
+    times = []
+    for _ in range(total):
+        start = time.perf_counter()
+        model.train_step(crops)
+        times.append(time.perf_counter() - start)
+    _report(times[WARMUP_STEPS:], cfg["batch"])
+
+
+def _child(name, backend, steps, dtype_policy):
+    """One measurement in a fresh process; a result dict or an error."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if backend != "reference":
+        env["KERAS_BACKEND"] = backend
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_child",
+        name,
+        "--_side",
+        backend,
+        "--steps",
+        str(steps),
+        "--dtype_policy",
+        dtype_policy,
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+        return {"error": tail or f"exit {proc.returncode}"}
+    return json.loads(lines[-1])
+
+
+def _ratio_cell(ratios):
+    if not ratios:
+        return "-"
+    med = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{med:.2f}x"
+    return f"{med:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--configs", default="CFG-C,CFG-T,CFG-S")
-    parser.add_argument("--backends", default="jax,tensorflow,torch")
-    parser.add_argument("--steps", type=int, default=6)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--configs", default="CFG-C,CFG-T,CFG-S", help="Comma-separated."
+    )
+    parser.add_argument(
+        "--backends", default="jax,tensorflow,torch", help="Comma-separated."
+    )
+    parser.add_argument(
+        "--steps", type=int, default=6, help="Timed steps per run."
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Interleaved repetitions of every (config, side) run.",
+    )
+    parser.add_argument(
+        "--compare_reference",
+        action="store_true",
+        help="Also run the reference-style PyTorch step in every round.",
+    )
     parser.add_argument(
         "--dtype_policy",
         default="float32",
         choices=["float32", "mixed_bfloat16"],
     )
+    parser.add_argument(
+        "--output", default=None, help="Optional JSON file for all results."
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        run_one(args._child, args.steps, args.dtype_policy)
+        if args._side == "reference":
+            run_reference(args._child, args.steps)
+        else:
+            run_keras(args._child, args.steps, args.dtype_policy)
         return
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; known: {sorted(CONFIGS)}")
+    sides = args.backends.split(",")
+    if args.compare_reference:
+        sides = ["reference"] + sides
     rates = gemm_rates()
     print(
-        "Machine GEMM rate (2048^3 fp32): "
-        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+        "Machine GEMM rate (2048^3 fp32) before: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()),
+        flush=True,
     )
-    header = (
-        "| config | backend | img/s | vs ref | peak GB (ref) | "
-        "GFLOP/s | % of numpy GEMM |"
+    results = {(c, side): [] for c in configs for side in sides}
+    for round_index in range(args.rounds):
+        for name in configs:
+            for side in sides:
+                res = _child(name, side, args.steps, args.dtype_policy)
+                res["round"] = round_index
+                results[(name, side)].append(res)
+                shown = res.get("images_per_s", res.get("error"))
+                print(f"  round {round_index} {name} {side}: {shown}")
+                sys.stdout.flush()
+    after = gemm_rates()
+    print(
+        "Machine GEMM rate after: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in after.items())
     )
-    print(header)
-    print("|" + "---|" * 7)
-    for name in args.configs.split(","):
+    print(
+        "| config | side | img/s | vs reference (min-max) | step s min-max "
+        "| peak GB | GFLOP/s | % of numpy GEMM |"
+    )
+    print("|" + "---|" * 8)
+    for name in configs:
         flops = step_flops_per_image(CONFIGS[name])
-        ref_ips, ref_gb = REFERENCE[name]
-        for backend in args.backends.split(","):
-            env = dict(os.environ, KERAS_BACKEND=backend)
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--_child",
-                    name,
-                    "--steps",
-                    str(args.steps),
-                    "--dtype_policy",
-                    args.dtype_policy,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            lines = [
-                line
-                for line in proc.stdout.splitlines()
-                if line.startswith("{")
-            ]
-            if proc.returncode or not lines:
-                tail = proc.stderr.strip().splitlines()[-3:]
-                print(f"| {name} | {backend} | failed: {' '.join(tail)} |")
+        reference = results.get((name, "reference"), [])
+        for side in sides:
+            runs = [r for r in results[(name, side)] if "error" not in r]
+            if not runs:
+                error = results[(name, side)][0]["error"]
+                print(f"| {name} | {side} | failed: {error} |")
                 continue
-            res = json.loads(lines[-1])
-            ips = res["images_per_s"]
+            ips = statistics.median(r["images_per_s"] for r in runs)
+            ratios = [
+                r["images_per_s"] / ref["images_per_s"]
+                for r, ref in zip(results[(name, side)], reference)
+                if "error" not in r and "error" not in ref
+            ]
             gflops = flops * ips / 1e9
             print(
-                f"| {name} | {backend} | {ips:.2f} | {ips / ref_ips:.2f}x "
-                f"| {res['peak_gb']:.2f} ({ref_gb}) | {gflops:.0f} | "
-                f"{100 * gflops / rates['numpy']:.0f}% |",
-                flush=True,
+                f"| {name} | {side} | {ips:.2f} | "
+                f"{_ratio_cell(ratios) if side != 'reference' else '1'} | "
+                f"{min(r['step_min_s'] for r in runs):.2f}-"
+                f"{max(r['step_max_s'] for r in runs):.2f} | "
+                f"{max(r['peak_gb'] for r in runs):.2f} | {gflops:.0f} | "
+                f"{100 * gflops / rates['numpy']:.0f}% |"
+            )
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(
+                {
+                    "gemm_before": rates,
+                    "gemm_after": after,
+                    "dtype_policy": args.dtype_policy,
+                    "results": {
+                        f"{c}/{side}": v for (c, side), v in results.items()
+                    },
+                },
+                f,
+                indent=1,
             )
 
 

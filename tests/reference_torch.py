@@ -81,20 +81,32 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x, drop_prob, training):
+    """Stochastic depth per sample, as the reference's `drop_path`."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype))
+    return x.div(keep) * mask
+
+
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio):
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path_rate=0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path_rate = drop_path_rate
 
     def forward(self, x, return_attention=False):
         y, attn = self.attn(self.norm1(x))
         if return_attention:
             return attn
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        rate = self.drop_path_rate
+        x = x + drop_path(y, rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), rate, self.training)
 
 
 class PatchEmbed(nn.Module):
@@ -108,16 +120,30 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """The reference ViT without stochastic depth; NCHW input."""
+    """The reference ViT; NCHW input.
 
-    def __init__(self, img_size, patch_size, dim, depth, num_heads, mlp_ratio):
+    `drop_path_rate` (0 by default, as the numerical tests use it) decays
+    linearly over the blocks from 0, as the reference's stochastic depth.
+    """
+
+    def __init__(
+        self,
+        img_size,
+        patch_size,
+        dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        drop_path_rate=0.0,
+    ):
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size, dim)
         num_patches = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        rates = np.linspace(0, drop_path_rate, depth)
         self.blocks = nn.ModuleList(
-            [Block(dim, num_heads, mlp_ratio) for _ in range(depth)]
+            [Block(dim, num_heads, mlp_ratio, float(r)) for r in rates]
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
@@ -442,7 +468,8 @@ class ReferenceDINO:
 
     Args:
         state_dict: initial weights for student and teacher (see
-            `keras_to_reference`).
+            `keras_to_reference`), or None for torch's own initialisation
+            (the speed benchmark).
         arch: dict with `img_size, patch_size, dim, depth, num_heads,
             mlp_ratio, out_dim, hidden_dim, bottleneck_dim, nlayers`.
         ncrops: number of crops per image.
@@ -458,6 +485,8 @@ class ReferenceDINO:
         loss_scale: optional constant loss scale, applied as
             `torch.cuda.amp.GradScaler` does (scaled backward, gradients
             unscaled before clipping, the step skipped on inf/NaN).
+        drop_path_rate: the student's stochastic depth (the reference
+            trains with 0.1; the numerical tests use 0).
     """
 
     def __init__(
@@ -477,11 +506,13 @@ class ReferenceDINO:
         center_momentum=0.9,
         optimizer="adamw",
         loss_scale=None,
+        drop_path_rate=0.0,
     ):
         torch.manual_seed(0)
-        self.student = self._build(arch, norm_last_layer)
+        self.student = self._build(arch, norm_last_layer, drop_path_rate)
         self.teacher = self._build(arch, norm_last_layer)
-        self.student.load_state_dict(state_dict)
+        if state_dict is not None:
+            self.student.load_state_dict(state_dict)
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
@@ -510,7 +541,7 @@ class ReferenceDINO:
         self.grad_norms = []
 
     @staticmethod
-    def _build(arch, norm_last_layer):
+    def _build(arch, norm_last_layer, drop_path_rate=0.0):
         backbone = VisionTransformer(
             arch["img_size"],
             arch["patch_size"],
@@ -518,6 +549,7 @@ class ReferenceDINO:
             arch["depth"],
             arch["num_heads"],
             arch["mlp_ratio"],
+            drop_path_rate,
         )
         head = DINOHead(
             arch["dim"],
@@ -531,11 +563,17 @@ class ReferenceDINO:
         return MultiCropWrapper(backbone, head)
 
     def train_step(self, crops_nhwc):
-        """One iteration of `train_one_epoch`; returns the loss."""
+        """One iteration of `train_one_epoch`; returns the loss.
+
+        `crops_nhwc`: numpy `(batch, H, W, 3)` crops, or torch tensors
+        already in the reference's NCHW layout (used as they are).
+        """
         it = self.it
         epoch = it // self.niter_per_ep
         images = [
-            torch.from_numpy(np.ascontiguousarray(c.transpose(0, 3, 1, 2)))
+            c
+            if isinstance(c, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(c.transpose(0, 3, 1, 2)))
             for c in crops_nhwc
         ]
         for i, param_group in enumerate(self.optimizer.param_groups):
