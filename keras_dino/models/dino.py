@@ -7,6 +7,8 @@ from keras_dino import losses
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.schedules import DINOSchedule
 from keras_dino.utils.distribution import scale_loss_for_replicas
+from keras_dino.utils.ema import all_finite
+from keras_dino.utils.ema import ema_update
 from keras_dino.utils.serialization import with_deserialized_backbone
 
 _BN_STATISTICS = ("moving_mean", "moving_variance")
@@ -136,11 +138,13 @@ class _StepVariables:
     Attributes:
         frozen: the frozen last-layer variables and their optimizer slots.
         student: the student's trainable weights (checked for finiteness).
+        ema: the `(student, teacher)` weight pairs of the teacher's EMA.
     """
 
     def __init__(self):
         self.frozen = []
         self.student = []
+        self.ema = []
 
 
 def _inner_optimizer(optimizer):
@@ -488,14 +492,8 @@ class DINO(keras.Model):
                     ops.where(frozen, old, ops.convert_to_tensor(variable))
                 )
         momentum = schedule.teacher_momentum_at(step)
-        for student, teacher in self._ema_pairs():
-            m = ops.cast(momentum, teacher.dtype)
-            teacher.assign(teacher * m + (1.0 - m) * student)
-        sums = [
-            ops.sum(ops.cast(v, "float32"))
-            for v in self._step_variables.student
-        ]
-        finite = ops.all(ops.isfinite(ops.stack(sums)))
+        ema_update(self._step_variables.ema, momentum)
+        finite = all_finite(self._step_variables.student)
         optimizer = _inner_optimizer(self.optimizer)
         logs = {
             "learning_rate": ops.convert_to_tensor(
@@ -621,6 +619,7 @@ class DINO(keras.Model):
                 ]
             )
         self.optimizer.build(self.trainable_variables)
+        self._step_variables.ema = self._ema_pairs()
         self._step_variables.student = [
             w for w in self.student_backbone.weights if w.trainable
         ] + [w for w in self.student_head.weights if w.trainable]

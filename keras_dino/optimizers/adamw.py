@@ -30,6 +30,9 @@ class DINOAdamW(keras.optimizers.Optimizer):
       below 1. It runs inside the per-variable update, i.e. after the
       cross-replica gradient sum and after loss-scale unscaling.
 
+    On the PyTorch backend the update runs as `torch._foreach_*` calls over
+    all variables at once (`keras_dino/optimizers/torch_adamw.py`).
+
     Args:
         learning_rate: float or schedule (`DINOSchedule` sets it every
             iteration unless its `learning_rate` is `None`).
@@ -108,6 +111,15 @@ class DINOAdamW(keras.optimizers.Optimizer):
             name="scheduled_weight_decay",
             aggregation="only_first_replica",
         )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() == "torch":
+            # The same update as `update_step`, over all variables at once.
+            from keras_dino.optimizers.torch_adamw import adamw_update
+
+            adamw_update(self, grads, trainable_variables, learning_rate)
+            return
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)

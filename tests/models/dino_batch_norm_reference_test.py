@@ -64,7 +64,7 @@ class BNHead(nn.Module):
         return x @ w.t()
 
 
-def build_torch(arch, norm_last_layer):
+def build_torch(arch, norm_last_layer, drop_path_rate=0.0):
     backbone = nn.Sequential(
         nn.Conv2d(3, CHANNELS, 3, stride=2, bias=False),
         nn.BatchNorm2d(CHANNELS),
