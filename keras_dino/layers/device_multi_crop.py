@@ -108,29 +108,39 @@ def color_jitter(x, factors, order):
     Returns:
         The jittered crops, same shape.
     """
-    batch_shape = ops.shape(x)[:2]
-    images = ops.shape(x)[2:]
-    for step in range(4):
-        op = order[..., step]
-        factor = ops.take_along_axis(factors, op[..., None], axis=-1)[..., 0]
-        gray = _gray(x)
-        mean = ops.mean(gray, axis=(2, 3, 4))
-        # Brightness, contrast and saturation are `a x + b gray(x) + c`.
-        a = ops.where(op == _HUE, 1.0, factor)
-        b = ops.where(op == _SATURATION, 1.0 - factor, 0.0)
-        c = ops.where(op == _CONTRAST, (1.0 - factor) * mean, 0.0)
-        y = ops.clip(
-            _per_crop(a, 5) * x + _per_crop(b, 5) * gray + _per_crop(c, 5),
-            0.0,
-            1.0,
-        )
-        hue = adjust_hue(
-            ops.reshape(x, (-1,) + tuple(images)),
-            ops.reshape(ops.where(op == _HUE, factor, 0.0), (-1,)),
-        )
-        hue = ops.reshape(hue, tuple(batch_shape) + tuple(images))
-        x = ops.where(_per_crop(op == _HUE, 5), hue, y)
+    # Hue is the costly op: it runs once, between the affine ops before it
+    # and those after it (the same sequence as applying the ops in order).
+    hue_step = ops.argmax(ops.cast(order == _HUE, "int32"), axis=-1)
+    for before_hue in (True, False):
+        for step in range(4):
+            active = hue_step > step if before_hue else hue_step < step
+            x = ops.where(
+                _per_crop(active, 5), _affine_jitter(x, factors, order, step), x
+            )
+        if before_hue:
+            shape = ops.shape(x)
+            hue = adjust_hue(
+                ops.reshape(x, (-1,) + tuple(shape[2:])),
+                ops.reshape(factors[..., _HUE], (-1,)),
+            )
+            x = ops.reshape(hue, shape)
     return x
+
+
+def _affine_jitter(x, factors, order, step):
+    """Brightness, contrast or saturation, whichever is op `step` of a crop.
+
+    Each is `clip(a x + b gray(x) + c)`, with per-crop `a`, `b`, `c`.
+    """
+    op = order[..., step]
+    factor = ops.take_along_axis(factors, op[..., None], axis=-1)[..., 0]
+    gray = _gray(x)
+    mean = ops.mean(gray, axis=(2, 3, 4))
+    a = factor
+    b = ops.where(op == _SATURATION, 1.0 - factor, 0.0)
+    c = ops.where(op == _CONTRAST, (1.0 - factor) * mean, 0.0)
+    y = _per_crop(a, 5) * x + _per_crop(b, 5) * gray + _per_crop(c, 5)
+    return ops.clip(y, 0.0, 1.0)
 
 
 def gaussian_blur(x, sigma, kernel_size):
@@ -290,9 +300,10 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
         Args:
             sampler: a `keras_dino.numpy_data.MultiCropSampler` (or a
                 `keras_dino.data.MultiCropAugmentation`).
-            **kwargs: other layer arguments (`name`, `dtype`).
+            **kwargs: layer arguments overriding the sampler's (`mean`,
+                `std`) and standard ones (`name`, `dtype`).
         """
-        return cls(
+        config = dict(
             global_crop_size=sampler.global_crop_size,
             local_crop_size=sampler.local_crop_size,
             num_local_crops=sampler.num_local_crops,
@@ -300,8 +311,8 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
             mean=sampler.mean,
             std=sampler.std,
             antialias=sampler.antialias,
-            **kwargs,
         )
+        return cls(**{**config, **kwargs})
 
     @property
     def num_crops(self):
