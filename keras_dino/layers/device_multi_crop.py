@@ -68,8 +68,9 @@ def resize_weights(start, length, size, canvas, antialias=True):
 
 
 def _gray(x):
-    w = ops.convert_to_tensor(GRAYSCALE_WEIGHTS, dtype=x.dtype)
-    return ops.sum(x * w, axis=-1, keepdims=True)
+    """Luma of channels-first `(B, K, 3, S, S)` crops, `(B, K, 1, S, S)`."""
+    r, g, b = GRAYSCALE_WEIGHTS
+    return r * x[:, :, 0:1] + g * x[:, :, 1:2] + b * x[:, :, 2:3]
 
 
 def _per_crop(values, rank):
@@ -78,16 +79,17 @@ def _per_crop(values, rank):
 
 
 def adjust_hue(x, delta):
-    """Rotates the hue of `(N, H, W, 3)` images by `delta` (per image).
+    """Rotates the hue of `(N, 3, H, W)` images by `delta` (per image).
 
     As `tf.image.adjust_hue`: RGB to HSV, hue shifted modulo 1, back to RGB,
     clamped to [0, 1].
     """
-    hsv = ops.image.rgb_to_hsv(x)
-    hue = hsv[..., 0] + delta[:, None, None]
+    hsv = ops.image.rgb_to_hsv(x, data_format="channels_first")
+    hue = hsv[:, 0] + delta[:, None, None]
     hue = hue - ops.floor(hue)
-    hsv = ops.stack([hue, hsv[..., 1], hsv[..., 2]], axis=-1)
-    return ops.clip(ops.image.hsv_to_rgb(hsv), 0.0, 1.0)
+    hsv = ops.stack([hue, hsv[:, 1], hsv[:, 2]], axis=1)
+    rgb = ops.image.hsv_to_rgb(hsv, data_format="channels_first")
+    return ops.clip(rgb, 0.0, 1.0)
 
 
 def color_jitter(x, factors, order):
@@ -99,7 +101,7 @@ def color_jitter(x, factors, order):
     rotates the HSV hue; the result is clamped to [0, 1] after each op.
 
     Args:
-        x: float32 `(B, K, S, S, 3)` crops in [0, 1].
+        x: float32 channels-first `(B, K, 3, S, S)` crops in [0, 1].
         factors: float32 `(B, K, 4)`: brightness, contrast and saturation
             factors, hue shift.
         order: int `(B, K, 4)`, each a permutation of `[0, 1, 2, 3]`
@@ -111,8 +113,8 @@ def color_jitter(x, factors, order):
     # Hue is the costly op: it runs once, between the affine ops before it
     # and those after it (the same sequence as applying the ops in order).
     hue_step = ops.argmax(ops.cast(order == _HUE, "int32"), axis=-1)
-    for before_hue in (True, False):
-        for step in range(4):
+    for before_hue, steps in ((True, range(3)), (False, range(1, 4))):
+        for step in steps:
             active = hue_step > step if before_hue else hue_step < step
             x = ops.where(
                 _per_crop(active, 5), _affine_jitter(x, factors, order, step), x
@@ -150,7 +152,7 @@ def gaussian_blur(x, sigma, kernel_size):
     `sigma` truncated to `kernel_size` taps.
 
     Args:
-        x: float32 `(B, K, S, S, C)` crops.
+        x: float32 channels-first `(B, K, C, S, S)` crops.
         sigma: float32 `(B, K)` standard deviations in pixels.
         kernel_size: odd int.
 
@@ -161,20 +163,20 @@ def gaussian_blur(x, sigma, kernel_size):
     taps = ops.arange(-radius, radius + 1, dtype="float32")
     kernel = ops.exp(-0.5 * ops.square(taps / sigma[..., None]))
     kernel = kernel / ops.sum(kernel, axis=-1, keepdims=True)
-    for axis in (2, 3):
-        n = x.shape[axis]
-        index = ops.clip(ops.arange(-radius, n + radius), 0, n - 1)
-        padded = ops.take(x, index, axis=axis)
-        out = 0.0
-        for t in range(kernel_size):
-            window = (
-                padded[:, :, t : t + n]
-                if axis == 2
-                else padded[:, :, :, t : t + n]
-            )
-            out = out + _per_crop(kernel[..., t], 5) * window
-        x = out
-    return x
+    # One (S, S) matrix per crop and axis, the edge replication folded in:
+    # output t takes kernel[j] of pixel clip(t + j - radius, 0, S - 1).
+    # Matrix products run near peak speed where 2 x 13 shifted
+    # multiply-adds would not (measured ~5x faster on a CPU).
+    size = x.shape[-1]
+    source = ops.clip(
+        ops.arange(size)[:, None] + ops.arange(-radius, radius + 1)[None, :],
+        0,
+        size - 1,
+    )
+    one_hot = ops.one_hot(source, size, dtype="float32")  # (S, taps, S)
+    matrix = ops.einsum("bkj,tji->bkti", kernel, one_hot)
+    x = ops.einsum("bkti,bkcij->bkctj", matrix, x)
+    return ops.einsum("bkuj,bkctj->bkctu", matrix, x)
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -363,8 +365,10 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
         )
         flip = _per_crop(ops.cast(p["flip"], "bool"), 4)
         cols = ops.where(flip, ops.flip(cols, axis=-2), cols)
-        x = ops.einsum("bksh,bhwc->bkswc", rows, images)
-        x = ops.einsum("bktw,bkswc->bkstc", cols, x)
+        # Channels first inside: the innermost axis is a long image axis,
+        # not the 3 channels (about 4x faster element-wise ops on a CPU).
+        x = ops.einsum("bksh,bhwc->bkcsw", rows, images)
+        x = ops.einsum("bktw,bkcsw->bkcst", cols, x)
         x = ops.clip(x, 0.0, 1.0)
 
         jittered = color_jitter(
@@ -373,7 +377,7 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
             ops.cast(p["jitter_order"], "int32"),
         )
         x = ops.where(_flag(p["color_jitter"]), jittered, x)
-        gray = ops.repeat(_gray(x), 3, axis=-1)
+        gray = ops.repeat(_gray(x), 3, axis=2)
         x = ops.where(_flag(p["grayscale"]), gray, x)
         blurred = gaussian_blur(
             x, ops.cast(p["blur_sigma"], "float32"), self.blur_kernel_size
@@ -381,6 +385,7 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
         x = ops.where(_flag(p["blur"]), blurred, x)
         invert = _flag(p["solarize"]) & (x >= 128.0 / 255.0)
         x = ops.where(invert, 1.0 - x, x)
+        x = ops.transpose(x, (0, 1, 3, 4, 2))
         inv_std = ops.convert_to_tensor([1.0 / s for s in self.std])
         offset = ops.convert_to_tensor(
             [-m / s for m, s in zip(self.mean, self.std)]
@@ -429,5 +434,5 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
 
 
 def _flag(values):
-    """`(B, K)` booleans broadcast against `(B, K, S, S, 3)` crops."""
+    """`(B, K)` booleans broadcast against `(B, K, 3, S, S)` crops."""
     return _per_crop(ops.cast(values, "bool"), 5)
