@@ -58,7 +58,8 @@ if keras.backend.backend() == "jax":  # one compilation, not one per op
     import jax
     augment = jax.jit(augment)
 crops = augment(reader[0])
-assert [tuple(c.shape) for c in crops] == [(2, 16, 16, 3)] * 2 + [(2, 8, 8, 3)] * 2
+shapes = [tuple(c.shape) for c in crops]
+assert shapes == [(2, 16, 16, 3)] * 2 + [(2, 8, 8, 3)] * 2
 assert report.num_bad_files == 1
 try:
     import keras_dino.data  # noqa: F401
