@@ -24,22 +24,11 @@ class MultiCropAugmentation(MultiCropSampler):
 
     Turns one uint8 RGB image into `2 + num_local_crops` float32 crops,
     normalised with `mean` / `std` on [0, 1] pixels: two global crops then
-    the local crops. Each crop is, as in the reference implementation:
-
-    1. a random resized crop (torchvision semantics: area uniform in the
-       scale range, aspect ratio log-uniform in `ratio` in pixels, 10 tries
-       then a central crop) resized with antialiased bicubic interpolation;
-    2. a horizontal flip with probability `flip_prob`;
-    3. with probability `color_jitter_prob`, brightness, contrast,
-       saturation and hue jitter applied in a random order;
-    4. grayscale with probability `grayscale_prob`;
-    5. Gaussian blur with sigma uniform in `blur_sigma`, with probability
-       `global_blur_probs[i]` on global crop `i` and `local_blur_prob` on
-       local crops;
-    6. solarisation (pixels >= 128/255 inverted) with probability
-       `global_solarize_probs[i]` on global crop `i` and
-       `local_solarize_prob` on local crops;
-    7. normalisation.
+    the local crops: the random resized crop of each box (resized with
+    antialiased bicubic interpolation), then the flip, colour jitter,
+    grayscale, blur and solarisation drawn by `MultiCropSampler` (which
+    defines every distribution, as the reference implementation), then
+    the normalisation.
 
     All randomness comes from stateless random ops seeded by the pair
     `(seed, element_seed)`, so results are reproducible, also under a

@@ -24,6 +24,30 @@ PARAM_KEYS = (
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
 
 
+def check_crop_arguments(
+    global_crop_size, local_crop_size, num_local_crops, mean, std
+):
+    """Raises a clear `ValueError` for bad multi-crop arguments."""
+    for name, value in (
+        ("global_crop_size", global_crop_size),
+        ("local_crop_size", local_crop_size),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{name}` must be a positive int. Received: {name}={value!r}"
+            )
+    if not isinstance(num_local_crops, int) or num_local_crops < 0:
+        raise ValueError(
+            "`num_local_crops` must be an int >= 0. Received: "
+            f"num_local_crops={num_local_crops!r}"
+        )
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(
+            "`mean` and `std` must have 3 values (RGB) and `std` must "
+            f"be positive. Received: mean={mean!r}, std={std!r}"
+        )
+
+
 def _cubic(x):
     """Keys' cubic kernel with a = -0.5, PIL's BICUBIC filter."""
     a = -0.5
@@ -263,29 +287,13 @@ class DeviceMultiCropAugmentation(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (
-            ("global_crop_size", global_crop_size),
-            ("local_crop_size", local_crop_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be a positive int. Received: "
-                    f"{name}={value!r}"
-                )
-        if not isinstance(num_local_crops, int) or num_local_crops < 0:
-            raise ValueError(
-                "`num_local_crops` must be an int >= 0. Received: "
-                f"num_local_crops={num_local_crops!r}"
-            )
+        check_crop_arguments(
+            global_crop_size, local_crop_size, num_local_crops, mean, std
+        )
         if not isinstance(blur_kernel_size, int) or blur_kernel_size % 2 != 1:
             raise ValueError(
                 "`blur_kernel_size` must be an odd positive int. Received: "
                 f"blur_kernel_size={blur_kernel_size!r}"
-            )
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(
-                "`mean` and `std` must have 3 values (RGB) and `std` must "
-                f"be positive. Received: mean={mean!r}, std={std!r}"
             )
         self.global_crop_size = global_crop_size
         self.local_crop_size = local_crop_size

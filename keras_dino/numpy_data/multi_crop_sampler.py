@@ -15,6 +15,7 @@ import random
 import numpy as np
 
 from keras_dino.layers.device_multi_crop import PARAM_KEYS  # noqa: F401
+from keras_dino.layers.device_multi_crop import check_crop_arguments
 from keras_dino.layers.preprocessing import IMAGENET_MEAN
 from keras_dino.layers.preprocessing import IMAGENET_STD
 from keras_dino.numpy_data.crop_boxes import UNIFORMS_PER_BOX
@@ -160,20 +161,9 @@ class MultiCropSampler:
         antialias=True,
         seed=None,
     ):
-        for name, value in (
-            ("global_crop_size", global_crop_size),
-            ("local_crop_size", local_crop_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be a positive int. Received: "
-                    f"{name}={value!r}"
-                )
-        if not isinstance(num_local_crops, int) or num_local_crops < 0:
-            raise ValueError(
-                "`num_local_crops` must be an int >= 0. Received: "
-                f"num_local_crops={num_local_crops!r}"
-            )
+        check_crop_arguments(
+            global_crop_size, local_crop_size, num_local_crops, mean, std
+        )
         self.global_crop_size = global_crop_size
         self.local_crop_size = local_crop_size
         self.num_local_crops = num_local_crops
@@ -212,11 +202,6 @@ class MultiCropSampler:
         self.local_solarize_prob = _probability(
             "local_solarize_prob", local_solarize_prob
         )
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(
-                "`mean` and `std` must have 3 values (RGB) and `std` must "
-                f"be positive. Received: mean={mean!r}, std={std!r}"
-            )
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.antialias = bool(antialias)
