@@ -93,7 +93,7 @@ class ImageFolderDataset(keras.utils.PyDataset):
             before their crop boxes are drawn.
         shuffle: shuffle the files every epoch.
         seed: int seed of the order and the crop parameters; `None` takes
-            the sampler's seed.
+            the sampler's seed (random if the sampler has none).
         bad_file_report: optional `BadFileReport`.
         num_shards: split the files into this many disjoint shards (one
             per host) ...
@@ -158,8 +158,8 @@ class ImageFolderDataset(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.canvas_size = canvas_size
         self.shuffle = shuffle
-        self.seed = sampler.seed if seed is None else seed
-        self.seed = 0 if self.seed is None else int(self.seed)
+        # The sampler's seed (drawn at random when it was given none).
+        self.seed = sampler._base_seed if seed is None else int(seed)
         self.bad_file_report = bad_file_report
         self.epoch = 0
         self._bad = set()
