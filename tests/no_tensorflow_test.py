@@ -38,6 +38,29 @@ crops = tuple(rng.standard_normal((4, s, s, 3), dtype="float32")
               for s in (16, 16, 8, 8))
 history = model.fit(list(crops), epochs=1, steps_per_epoch=1, verbose=0)
 assert np.isfinite(history.history["loss"][0])
+
+# The TensorFlow-free input path: PIL reader, NumPy sampler, device crops.
+import tempfile
+from PIL import Image
+from keras_dino import numpy_data
+from keras_dino.layers import DeviceMultiCropAugmentation
+folder = tempfile.mkdtemp()
+for i in range(2):
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype="uint8")).save(
+        f"{folder}/{i}.png")
+open(f"{folder}/bad.jpg", "wb").write(b"not a jpeg")
+report = numpy_data.BadFileReport()
+sampler = numpy_data.MultiCropSampler(16, 8, 2, seed=0)
+reader = numpy_data.ImageFolderDataset(
+    folder, sampler, 2, canvas_size=16, bad_file_report=report)
+augment = DeviceMultiCropAugmentation.from_sampler(sampler)
+if keras.backend.backend() == "jax":  # one compilation, not one per op
+    import jax
+    augment = jax.jit(augment)
+crops = augment(reader[0])
+shapes = [tuple(c.shape) for c in crops]
+assert shapes == [(2, 16, 16, 3)] * 2 + [(2, 8, 8, 3)] * 2
+assert report.num_bad_files == 1
 try:
     import keras_dino.data  # noqa: F401
 except ImportError as e:

@@ -1,9 +1,11 @@
 """tf.data input pipelines for DINO: multi-crop augmentation and readers.
 
-This is the only part of `keras_dino` that imports TensorFlow, and the only
-part that reads images: folders, `.npz` files, TFDS and the source strings
-of the recipes (`"a.npz,b.npz"`, a folder, `"tfds:<name>:<split>"`). The
-pipelines feed `fit` and `keras_dino.evaluation` on every Keras backend.
+This is the only part of `keras_dino` that imports TensorFlow. It reads
+folders, `.npz` files, TFDS and the source strings of the recipes
+(`"a.npz,b.npz"`, a folder, `"tfds:<name>:<split>"`); the pipelines feed
+`fit` and `keras_dino.evaluation` on every Keras backend. Without
+TensorFlow, `keras_dino.numpy_data` reads image folders for the device-side
+multi-crop augmentation.
 """
 
 from keras_dino.data.arrays import from_arrays

@@ -17,7 +17,7 @@ several times faster on CPU than broadcasting over a channel axis of size 3.
 import numpy as np
 import tensorflow as tf
 
-GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)
+from keras_dino.layers.device_multi_crop import GRAYSCALE_WEIGHTS
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 

@@ -9,14 +9,9 @@ pixels. Here the blur is a true separable Gaussian truncated at
 kernel length, their far taps being ~0.
 """
 
-import math
-
 import tensorflow as tf
 
-
-def gaussian_kernel_size(max_sigma):
-    """Kernel length used for sigmas up to `max_sigma`: 2*ceil(3*s) + 1."""
-    return 2 * int(math.ceil(3.0 * max_sigma)) + 1
+from keras_dino.numpy_data.multi_crop_sampler import gaussian_kernel_size  # noqa: F401
 
 
 def gaussian_kernel_1d(sigma, size):

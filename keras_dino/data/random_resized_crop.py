@@ -1,70 +1,50 @@
-"""Random-resized-crop box sampling with torchvision's semantics.
+"""Random resized crops with torchvision's semantics, for `tf.data`.
 
-`torchvision.transforms.RandomResizedCrop.get_params` samples the crop area
-uniformly in `scale` (as a fraction of the image area) and the aspect ratio
-log-uniformly in `ratio`, in pixels; a try is accepted when the rounded box
-fits in the image; after 10 rejected tries it falls back to a central crop
-whose aspect ratio is clamped to `ratio`. TensorFlow's
-`sample_distorted_bounding_box` and keras-cv's `RandomCropAndResize` follow
-other rules, so the sampling is written here with stateless TensorFlow ops.
+The box sampling (`torchvision.transforms.RandomResizedCrop.get_params`) is
+written once, in `keras_dino.numpy_data.crop_boxes`, on a NumPy-like array
+namespace; here it runs on the few TensorFlow ops it needs, inside
+`tf.data` graphs.
 """
 
-import math
 import random
+import types
 
 import tensorflow as tf
 
 from keras_dino.data import color
 from keras_dino.layers.preprocessing import IMAGENET_MEAN
 from keras_dino.layers.preprocessing import IMAGENET_STD
+from keras_dino.numpy_data import crop_boxes
+from keras_dino.numpy_data.crop_boxes import UNIFORMS_PER_BOX
+from keras_dino.numpy_data.crop_boxes import check_range
 
-NUM_TRIES = 10
-UNIFORMS_PER_BOX = NUM_TRIES * 4
-
-
-def check_range(name, value, low=None, high=None):
-    """Checks that `value` is an increasing `(min, max)` pair of numbers.
-
-    Args:
-        name: name of the argument, used in the error message.
-        value: the value to check.
-        low: optional lower bound for both entries.
-        high: optional upper bound for both entries.
-
-    Returns:
-        The pair as a tuple of two Python floats.
-    """
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a pair of numbers `(min, max)`. "
-            f"Received: {name}={value!r}"
-        ) from None
-    if lo > hi:
-        raise ValueError(
-            f"`{name}` must satisfy min <= max. Received: {name}={value!r}"
-        )
-    if (low is not None and lo < low) or (high is not None and hi > high):
-        raise ValueError(
-            f"`{name}` must lie in [{low}, {high}]. Received: {name}={value!r}"
-        )
-    return lo, hi
+# The NumPy functions `crop_boxes_from_uniforms` uses, as TensorFlow ops
+# (`tf.experimental.numpy` needs a global switch for some of them).
+TF_NAMESPACE = types.SimpleNamespace(
+    argsort=tf.argsort,
+    asarray=lambda x, dtype: tf.cast(x, dtype),
+    concatenate=tf.concat,
+    float64=tf.float64,
+    int32=tf.int32,
+    cumsum=tf.cumsum,
+    exp=tf.exp,
+    floor=tf.floor,
+    minimum=tf.minimum,
+    round=tf.round,  # half to even, as numpy and Python
+    sqrt=tf.sqrt,
+    stack=tf.stack,
+    sum=tf.reduce_sum,
+    where=tf.where,
+)
 
 
 def crop_boxes_from_uniforms(height, width, uniforms, scale, ratio):
-    """Turns uniform random numbers into torchvision crop boxes.
-
-    This is `torchvision.transforms.RandomResizedCrop.get_params` written in
-    TensorFlow ops, vectorised over any leading dimensions of `uniforms`.
-    All 10 tries are computed at once and the first accepted one is kept.
+    """`keras_dino.numpy_data.crop_boxes.crop_boxes_from_uniforms` in TF.
 
     Args:
         height: image height in pixels, int scalar tensor.
         width: image width in pixels, int scalar tensor.
-        uniforms: float tensor of shape `(..., 40)` with values in `[0, 1)`:
-            for each of the 10 tries, the area, log-aspect-ratio, top offset
-            and left offset draws.
+        uniforms: float tensor `(..., 40)` of uniform draws in `[0, 1)`.
         scale: `(min, max)` crop area as a fraction of the image area.
         ratio: `(min, max)` crop aspect ratio (width / height), in pixels.
 
@@ -72,49 +52,9 @@ def crop_boxes_from_uniforms(height, width, uniforms, scale, ratio):
         int32 tensor of shape `(..., 4)`: `(top, left, crop_height,
         crop_width)` of each box.
     """
-    u = tf.cast(uniforms, tf.float64)
-    u = tf.reshape(u, tf.concat([tf.shape(u)[:-1], [NUM_TRIES, 4]], 0))
-    h_img = tf.cast(height, tf.float64)
-    w_img = tf.cast(width, tf.float64)
-    area = h_img * w_img
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
-    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = tf.round(tf.sqrt(target_area * aspect))
-    h = tf.round(tf.sqrt(target_area / aspect))
-    valid = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
-
-    first = tf.argmax(tf.cast(valid, tf.int32), axis=-1)
-    any_valid = tf.reduce_any(valid, axis=-1)
-
-    def pick(x):
-        return tf.gather(x, first, axis=-1, batch_dims=len(x.shape) - 1)
-
-    h_try, w_try = pick(h), pick(w)
-    top_u, left_u = pick(u[..., 2]), pick(u[..., 3])
-
-    in_ratio = w_img / h_img
-    if_narrow = in_ratio < ratio[0]
-    if_wide = in_ratio > ratio[1]
-    w_fb = tf.where(if_wide, tf.round(h_img * ratio[1]), w_img)
-    h_fb = tf.where(if_narrow, tf.round(w_img / ratio[0]), h_img)
-    w_fb = tf.minimum(w_fb, w_img)
-    h_fb = tf.minimum(h_fb, h_img)
-    h_fb = tf.broadcast_to(h_fb, tf.shape(h_try))
-    w_fb = tf.broadcast_to(w_fb, tf.shape(w_try))
-
-    crop_h = tf.where(any_valid, h_try, h_fb)
-    crop_w = tf.where(any_valid, w_try, w_fb)
-    top_random = tf.minimum(
-        tf.floor(top_u * (h_img - crop_h + 1)), h_img - crop_h
+    return crop_boxes.crop_boxes_from_uniforms(
+        height, width, uniforms, scale, ratio, xp=TF_NAMESPACE
     )
-    left_random = tf.minimum(
-        tf.floor(left_u * (w_img - crop_w + 1)), w_img - crop_w
-    )
-    top = tf.where(any_valid, top_random, tf.floor((h_img - crop_h) / 2))
-    left = tf.where(any_valid, left_random, tf.floor((w_img - crop_w) / 2))
-    return tf.cast(tf.stack([top, left, crop_h, crop_w], axis=-1), tf.int32)
 
 
 def sample_crop_boxes(

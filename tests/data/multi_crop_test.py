@@ -10,6 +10,7 @@ from keras_dino.data import IMAGENET_MEAN
 from keras_dino.data import IMAGENET_STD
 from keras_dino.data import MultiCropAugmentation
 from keras_dino.data import from_arrays
+from keras_dino.numpy_data import MultiCropSampler
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
@@ -188,13 +189,17 @@ def test_bad_image_is_a_clear_error():
         augmentation(np.zeros((8, 8, 2), np.uint8), seed=0)
 
 
-# Rates of every random op, per crop position: the sampled decisions.
+# Rates of every random op, per crop position: the sampled decisions, of
+# the tf.data pipeline and of the NumPy sampler of the device path.
 
 
-@pytest.fixture(scope="module")
-def default_params():
+@pytest.fixture(scope="module", params=["tf_data", "numpy"])
+def default_params(request):
+    """3000 draws, by TensorFlow (tf.data) or NumPy (the device path)."""
     augmentation = MultiCropAugmentation(seed=0)
     n = 3000
+    if request.param == "numpy":
+        return MultiCropSampler(seed=0).sample([(224, 224)] * n)
     ds = tf.data.Dataset.range(n).map(
         lambda i: augmentation.sample_params((224, 224), i)
     )
