@@ -374,7 +374,7 @@ def test_tensorflow_multi_worker_equals_one_worker_and_resumes(tmp_path):
     deadline = time.monotonic() + TIMEOUT
     run_dir = tmp_path / "multi"
 
-    def start_workers(**extra):
+    def start_workers(extra=None):
         ports = _free_ports(2)
         return [
             _start(
@@ -383,14 +383,14 @@ def test_tensorflow_multi_worker_equals_one_worker_and_resumes(tmp_path):
                 run_dir,
                 i,
                 "tensorflow",
-                dict(extra.get(i, {}), TF_CONFIG=_tf_config(ports, i)),
+                dict((extra or {}).get(i, {}), TF_CONFIG=_tf_config(ports, i)),
             )
             for i in range(2)
         ]
 
     # Worker 1 dies at the second step of epoch 2 (index 1); the chief is
     # then stuck in a collective and is killed, as a scheduler would.
-    first = start_workers(**{1: {"DIE_AT_EPOCH": "1"}})
+    first = start_workers({1: {"DIE_AT_EPOCH": "1"}})
     try:
         reference = _reference(tmp_path)
         code = first[1].wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -419,3 +419,69 @@ def test_tensorflow_multi_worker_equals_one_worker_and_resumes(tmp_path):
     _assert_only_chief_wrote(infos)
     assert (run_dir / "teacher_backbone.keras").exists()
     assert reference[2] >= 8  # The steps did move the weights.
+
+
+def test_distribution_names_and_impossible_combinations(monkeypatch):
+    """Each backend refuses what its engine cannot do, naming the ones
+    that can; `none` and `auto` on one device train without one."""
+    for name in distribution_lib.JAX_CLUSTER_VARIABLES + ("TF_CONFIG",):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="Unknown distribution 'nccl'"):
+        distribution_lib.make_distribution("nccl")
+    assert distribution_lib.make_distribution("none") is None
+    assert distribution_lib.is_chief(None)
+    assert distribution_lib.num_workers(None) == 1
+    assert distribution_lib.gather_from_workers(None, 7) == [7]
+    logs = {"loss": keras.ops.convert_to_tensor(1.5)}
+    assert distribution_lib.logs_for_replica_reduction(logs) is logs
+    if BACKEND == "torch":
+        for name in ("mirrored", "multi_worker", "jax"):
+            with pytest.raises(ValueError, match="TensorFlow .* and JAX"):
+                distribution_lib.make_distribution(name)
+        # No GPU here: auto is one device.
+        assert distribution_lib.make_distribution("auto") is None
+    elif BACKEND == "tensorflow":
+        with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):
+            distribution_lib.make_distribution("jax")
+        with pytest.raises(ValueError, match="TF_CONFIG is not set"):
+            distribution_lib.make_distribution("multi_worker")
+        monkeypatch.setenv("TF_CONFIG", _tf_config([1, 2], 0))
+        with pytest.raises(ValueError, match="only multi_worker uses"):
+            distribution_lib.make_distribution("mirrored")
+        monkeypatch.delenv("TF_CONFIG")
+        assert distribution_lib.make_distribution("auto") is None
+    else:
+        with pytest.raises(ValueError, match="--distribution=jax"):
+            distribution_lib.make_distribution("mirrored")
+        monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+        with pytest.raises(ValueError, match="are not set"):
+            distribution_lib.make_distribution("jax")
+        monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES")
+        assert distribution_lib.make_distribution("auto") is None
+        one_host = distribution_lib.make_distribution("jax")
+        assert distribution_lib.is_keras_distribution(one_host)
+        assert distribution_lib.is_chief(one_host)
+        assert distribution_lib.num_workers(one_host) == 1
+
+
+def test_pretrain_recipe_refuses_a_distribution_of_another_engine(tmp_path):
+    """The recipe stops before any work, with the reason."""
+    other = {"tensorflow": "jax", "jax": "mirrored", "torch": "multi_worker"}
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "pretrain.py"),
+            f"--distribution={other[BACKEND]}",
+            f"--npz={tmp_path / 'never_read.npz'}",
+            f"--output_dir={tmp_path / 'run'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert f"is not possible on the {BACKEND} backend" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ from keras import ops
 from keras_dino import losses
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.schedules import DINOSchedule
+from keras_dino.utils.distribution import logs_for_replica_reduction
 from keras_dino.utils.distribution import scale_loss_for_replicas
 from keras_dino.utils.serialization import with_deserialized_backbone
 
@@ -568,7 +569,19 @@ class DINO(keras.Model):
             snapshot = self._before_optimizer_step()
             logs = super().train_step((self._crops(data),))
             extra = self._after_optimizer_step(snapshot)
+            return logs_for_replica_reduction({**logs, **extra})
         return {**logs, **extra}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow trainer under a tf.distribute strategy only. DINO is
+        # built in __init__ and its optimizer in compile, so there is
+        # nothing to build; Keras would take a batch from the distributed
+        # iterator (lost for training: a resumed stream would be one
+        # batch off) and reduce it, which fails for a tuple of crops
+        # under MultiWorkerMirroredStrategy.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, *args):
         if keras.backend.backend() == "jax":

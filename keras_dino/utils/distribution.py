@@ -65,6 +65,29 @@ def scale_loss_for_replicas(loss):
     return loss / replicas if replicas > 1 else loss
 
 
+def logs_for_replica_reduction(logs):
+    """A training step's logs, shaped for Keras's multi-worker reduction.
+
+    Under `MultiWorkerMirroredStrategy` with several workers, Keras 3
+    reduces each log of a step with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on the scalar logs every model returns ("Invalid reduction
+    dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388).
+    Each log gets a leading axis of length 1, which that reduction turns
+    back into the scalar mean over the replicas. Elsewhere `logs` are
+    returned as they are.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    if num_workers(strategy) < 2:
+        return logs
+    return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+
 def _tf_config_workers():
     """Number of tasks in the `TF_CONFIG` cluster (0 when it is unset)."""
     text = os.environ.get("TF_CONFIG")
@@ -327,6 +350,7 @@ __all__ = [
     "gather_from_workers",
     "is_chief",
     "is_keras_distribution",
+    "logs_for_replica_reduction",
     "make_distribution",
     "num_replicas_in_sync",
     "num_workers",
