@@ -468,6 +468,7 @@ def test_pretrain_recipe_refuses_a_distribution_of_another_engine(tmp_path):
     """The recipe stops before any work, with the reason."""
     other = {"tensorflow": "jax", "jax": "mirrored", "torch": "multi_worker"}
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.pop("TF_CONFIG", None)
     done = subprocess.run(
         [

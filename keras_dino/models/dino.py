@@ -575,10 +575,9 @@ class DINO(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # TensorFlow trainer under a tf.distribute strategy only. DINO is
         # built in __init__ and its optimizer in compile, so there is
-        # nothing to build; Keras would take a batch from the distributed
-        # iterator (lost for training: a resumed stream would be one
-        # batch off) and reduce it, which fails for a tuple of crops
-        # under MultiWorkerMirroredStrategy.
+        # nothing to build; Keras would read a batch from a throw-away
+        # distributed iterator and reduce it over the replicas, which
+        # fails for a tuple of crops under MultiWorkerMirroredStrategy.
         if self.built and self.optimizer is not None and self.optimizer.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
