@@ -174,10 +174,9 @@ def make_distribution(name="auto"):
                 _refuse(
                     name,
                     backend,
-                    f"{gpus} GPUs are visible and training would use one "
-                    "of them. Set CUDA_VISIBLE_DEVICES to one GPU, or "
-                    + why[0].lower()
-                    + why[1:],
+                    f"{gpus} GPUs are visible and training would silently "
+                    "use one of them (set CUDA_VISIBLE_DEVICES to one GPU "
+                    "to train on it). " + why,
                 )
             return None
         _refuse(name, backend, why)
