@@ -7,6 +7,8 @@ the same from Python. Configurations use the reference's flag names (see
 
 import json
 import os
+import shutil
+import tempfile
 
 import keras
 
@@ -21,6 +23,7 @@ from keras_dino.models.resnet_backbone import RESNET_VARIANTS
 from keras_dino.models.resnet_backbone import ResNetBackbone
 from keras_dino.models.vit_backbone import ViTBackbone
 from keras_dino.schedules import DINOSchedule
+from keras_dino.utils import distribution as distribution_lib
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 OPTIMIZERS = ("adamw", "sgd", "lars")
@@ -466,7 +469,14 @@ def pretrain(
         extra_callbacks: callbacks run before the checkpoint and loggers
             (e.g. a `KNNMonitor`, which adds `knn_top1` to the logs).
         verbose: passed to `fit`.
-        strategy: optional `tf.distribute.Strategy` to build the model in.
+        strategy: optional data-parallel setting from
+            `keras_dino.utils.distribution.make_distribution`: a
+            `tf.distribute.Strategy` (the model is built in its scope) or
+            a `keras.distribution.Distribution` (JAX; current while the
+            model is built and trained). With several workers only the
+            chief writes to `output_dir`, which all workers must share;
+            they resume from the same checkpoint, and each global batch
+            of `dataset` is split between them.
         stop_after_epochs: optional int; stop once this many epochs of the
             schedule are done (e.g. a job with a time limit), leaving a
             checkpoint to resume from. The schedules still span
@@ -475,19 +485,48 @@ def pretrain(
     Returns:
         `(model, history)`.
     """
-    os.makedirs(output_dir, exist_ok=True)
     ckpt_dir = os.path.join(output_dir, "checkpoints")
-    # Partial files of a killed run (never read; see clean_partial_files).
-    clean_partial_files(output_dir)
-    clean_partial_files(ckpt_dir)
-    check_run_config(output_dir, config, steps_per_epoch)
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        # history.csv gets the row of the checkpoint's epoch back if a kill
-        # came before the CSV write, and loses rows of later epochs.
-        record = read_latest(ckpt_dir)
-        logs = record.get("logs") if record["epoch"] == latest[1] else None
-        repair_history(os.path.join(output_dir, "history.csv"), latest[1], logs)
+    chief = distribution_lib.is_chief(strategy)
+    latest = _prepare_output_dir(
+        config, steps_per_epoch, output_dir, ckpt_dir, strategy, chief
+    )
+    # Saving a model reads its variables, which with several JAX processes
+    # is a collective: every worker saves, the others in a scratch folder
+    # that is removed at the end (as TensorFlow advises for
+    # MultiWorkerMirroredStrategy), and only the chief in `output_dir`.
+    save_dir = output_dir if chief else tempfile.mkdtemp(prefix="dino_")
+    try:
+        return _train(
+            config,
+            dataset,
+            steps_per_epoch,
+            save_dir,
+            latest,
+            extra_callbacks,
+            verbose,
+            strategy,
+            chief,
+            stop_after_epochs,
+        )
+    finally:
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _train(
+    config,
+    dataset,
+    steps_per_epoch,
+    save_dir,
+    latest,
+    extra_callbacks,
+    verbose,
+    strategy,
+    chief,
+    stop_after_epochs,
+):
+    """`pretrain` once the checkpoint to resume from is known."""
+    jax_distribution = distribution_lib.is_keras_distribution(strategy)
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
         if latest is not None:
@@ -508,7 +547,7 @@ def pretrain(
             # The starting point, for comparisons with random weights.
             _atomic_save(
                 model.teacher_backbone,
-                os.path.join(output_dir, "initial_backbone.keras"),
+                os.path.join(save_dir, "initial_backbone.keras"),
             )
     last_epoch = config["epochs"]
     if stop_after_epochs:
@@ -518,28 +557,105 @@ def pretrain(
         if dataset.bad_file_report is not None:
             report_callbacks.append(dataset.bad_file_report)
         dataset = dataset.dataset(steps_per_epoch, initial_epoch)
-    if initial_epoch >= last_epoch:
-        print(f"{initial_epoch} of {config['epochs']} epochs are done.")
-        history = None
-    else:
-        history = model.fit(
-            dataset,
-            epochs=last_epoch,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=list(extra_callbacks)
-            + [EpochCheckpoint(ckpt_dir)]
-            + logging_callbacks(output_dir)
-            + report_callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
-    if last_epoch == config["epochs"]:
-        _atomic_save(
-            model.teacher_backbone,
-            os.path.join(output_dir, "teacher_backbone.keras"),
-        )
+    dataset = _shard_by_batch_slices(dataset, strategy)
+    writers = [EpochCheckpoint(os.path.join(save_dir, "checkpoints"))]
+    if chief:
+        writers += logging_callbacks(save_dir)
+    # keras.distribution (JAX) must be current while `fit` runs.
+    scope = strategy.scope() if jax_distribution else _null_scope()
+    with scope:
+        if initial_epoch >= last_epoch:
+            print(f"{initial_epoch} of {config['epochs']} epochs are done.")
+            history = None
+        else:
+            history = model.fit(
+                dataset,
+                epochs=last_epoch,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=list(extra_callbacks) + writers + report_callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
+        if last_epoch == config["epochs"]:
+            _atomic_save(
+                model.teacher_backbone,
+                os.path.join(save_dir, "teacher_backbone.keras"),
+            )
     return model, history
+
+
+def _prepare_output_dir(
+    config, steps_per_epoch, output_dir, ckpt_dir, strategy, chief
+):
+    """Checks the run's folder; returns the checkpoint to resume from.
+
+    The chief creates the folder, removes partial files, stores or checks
+    `config.json` and repairs `history.csv`; the other workers then read
+    the same folder (a shared file system) without writing to it. All
+    workers must resume from the same epoch.
+    """
+    latest = None
+    if chief:
+        os.makedirs(output_dir, exist_ok=True)
+        # Partial files of a killed run (never read; see
+        # clean_partial_files).
+        clean_partial_files(output_dir)
+        clean_partial_files(ckpt_dir)
+        check_run_config(output_dir, config, steps_per_epoch)
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is not None:
+            # history.csv gets the row of the checkpoint's epoch back if a
+            # kill came before the CSV write, and loses rows of later
+            # epochs.
+            record = read_latest(ckpt_dir)
+            logs = record.get("logs") if record["epoch"] == latest[1] else None
+            repair_history(
+                os.path.join(output_dir, "history.csv"), latest[1], logs
+            )
+    workers = distribution_lib.num_workers(strategy)
+    if workers == 1:
+        return latest
+    # A barrier: the chief has prepared the folder before the others read.
+    distribution_lib.gather_from_workers(strategy, 0)
+    if not chief:
+        if os.path.exists(os.path.join(output_dir, RUN_CONFIG)):
+            check_run_config(output_dir, config, steps_per_epoch)
+        if os.path.isdir(ckpt_dir):
+            latest = latest_checkpoint(ckpt_dir)
+    epoch = 0 if latest is None else latest[1]
+    epochs = distribution_lib.gather_from_workers(strategy, epoch)
+    if len(set(epochs)) != 1:
+        raise ValueError(
+            f"The {workers} workers found different checkpoints in "
+            f"{ckpt_dir} (epochs done per worker: {epochs}). Every worker "
+            "must see the chief's --output_dir: put it on a file system "
+            "that all hosts share."
+        )
+    return latest
+
+
+def _shard_by_batch_slices(dataset, strategy):
+    """Makes `MultiWorkerMirroredStrategy` split each global batch.
+
+    Each worker then trains on its own slice of every global batch (no
+    two workers see the same images), and the workers' steps together
+    equal a one-worker step on the global batch. The default (`AUTO`)
+    policy could shard by input file instead, which breaks that equality
+    and fails with fewer files than workers.
+    """
+    if not distribution_lib.is_tf_strategy(strategy):
+        return dataset
+    if distribution_lib.num_workers(strategy) == 1:
+        return dataset
+    import tensorflow as tf
+
+    if not isinstance(dataset, tf.data.Dataset):
+        return dataset
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
 
 
 class _null_scope:

@@ -19,6 +19,10 @@ Examples:
 Run it again with the same --output_dir to resume from the last epoch; the
 run's configuration is stored in --output_dir/config.json and a resume
 with other values is refused with the list of differences.
+
+--distribution trains on several devices or hosts (TensorFlow, JAX); the
+README's "Training on many devices / hosts" gives the launch commands.
+--batch_size is the global batch, split between all devices.
 """
 
 import os
@@ -59,6 +63,17 @@ flags.DEFINE_integer(
     "Stop after this many epochs of the schedule (resume later).",
 )
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line.")
+flags.DEFINE_enum(
+    "distribution",
+    "auto",
+    ["auto", "none", "mirrored", "multi_worker", "jax"],
+    "Data parallelism: none (one device); mirrored (TensorFlow, the GPUs "
+    "of this host); multi_worker (TensorFlow, the hosts of TF_CONFIG); jax "
+    "(JAX, all devices, of all processes when KERAS_DISTRIBUTION_* are "
+    "set); auto picks what the backend and the visible devices allow. "
+    "PyTorch trains on one device. See the README, 'Training on many "
+    "devices / hosts'.",
+)
 
 # Each override: (DEFINE function, enum values or [], help). The help names the
 # unit; the effective default is the chosen --config's value, printed by
@@ -230,11 +245,34 @@ def config_from_flags():
     return configs.get_config(FLAGS.config, **overrides)
 
 
+def _distribution():
+    """The `--distribution` setting, or a usage error saying why not."""
+    from keras_dino.utils import distribution as distribution_lib
+
+    try:
+        distribution = distribution_lib.make_distribution(FLAGS.distribution)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    spread = distribution_lib.is_keras_distribution(distribution) or (
+        distribution_lib.num_workers(distribution) > 1
+    )
+    if FLAGS.knn_npz and spread:
+        raise app.UsageError(
+            "--knn_npz runs its k-NN curve on one device; it is not "
+            f"available with --distribution={FLAGS.distribution} here. "
+            "Evaluate the saved checkpoints with recipes/eval_knn.py, or "
+            "train with --distribution=none."
+        )
+    return distribution
+
+
 def main(argv):
     del argv
     from keras_dino import pretraining
 
     config = config_from_flags()
+    # First: a multi-process JAX run must connect before any computation.
+    strategy = _distribution()
     sources = [FLAGS.data_path, FLAGS.tfds_name, FLAGS.npz]
     if sum(s is not None for s in sources) != 1:
         raise app.UsageError(
@@ -262,7 +300,6 @@ def main(argv):
     extra = []
     if FLAGS.knn_npz:
         extra.append(_knn_monitor(FLAGS.knn_npz, FLAGS.knn_images))
-    strategy = pretraining.default_strategy()
     print(f"Config {FLAGS.config}: {config}")
     print(
         f"{num_images} images, {steps} steps per epoch, "

@@ -6,6 +6,7 @@ from keras import ops
 from keras_dino import losses
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.schedules import DINOSchedule
+from keras_dino.utils.distribution import logs_for_replica_reduction
 from keras_dino.utils.distribution import scale_loss_for_replicas
 from keras_dino.utils.ema import all_finite
 from keras_dino.utils.ema import ema_update
@@ -566,7 +567,18 @@ class DINO(keras.Model):
             snapshot = self._before_optimizer_step()
             logs = super().train_step((self._crops(data),))
             extra = self._after_optimizer_step(snapshot)
+            return logs_for_replica_reduction({**logs, **extra})
         return {**logs, **extra}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow trainer under a tf.distribute strategy only. DINO is
+        # built in __init__ and its optimizer in compile, so there is
+        # nothing to build; Keras would read a batch from a throw-away
+        # distributed iterator and reduce it over the replicas, which
+        # fails for a tuple of crops under MultiWorkerMirroredStrategy.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, *args):
         if keras.backend.backend() == "jax":
