@@ -182,6 +182,7 @@ def _history(output_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_pretrain_resume_restores_the_lost_row_and_cleans_up(
     tmp_path, cifar_sample
 ):

@@ -10,9 +10,24 @@ import os
 import types
 from pathlib import Path
 
-import keras
-import numpy as np
-import pytest
+# Under pytest-xdist (the README's test command runs one worker per core),
+# each worker computes on one thread: the models here are tiny, and
+# thread pools of several workers only wait for each other's cores. Set
+# before JAX is imported (it reads XLA_FLAGS once); subprocesses that the
+# tests start inherit it.
+UNDER_XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if UNDER_XDIST and os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ["XLA_FLAGS"] = " ".join(
+        [
+            os.environ.get("XLA_FLAGS", ""),
+            "--xla_cpu_multi_thread_eigen=false",
+            "intra_op_parallelism_threads=1",
+        ]
+    ).strip()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
@@ -23,6 +38,10 @@ if BACKEND == "torch":
     # these tiny models wait for busy cores (measured 35x slower per step
     # with 2 threads under load); one thread is fastest here.
     torch.set_num_threads(1)
+elif BACKEND == "tensorflow" and UNDER_XDIST:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 # The CIFAR-10 sample shipped with the repository (see README.md): two
 # class-balanced files of 5,000 real 32 x 32 images with labels.
@@ -167,6 +186,32 @@ def tiny():
 
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} ({os.environ.get('KERAS_BACKEND')})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Applies the `backend_pass` marker and runs `slow` tests first.
+
+    `@pytest.mark.backend_pass("jax")` marks a test whose whole subject is
+    one engine, whatever the backend of the pytest process (it starts a
+    subprocess with `KERAS_BACKEND` fixed, e.g. MirroredStrategy on
+    TensorFlow). It runs in that backend's pass of the test command and is
+    deselected (not skipped) in the two others, which would only repeat
+    the identical subprocess.
+
+    `slow` tests go first so that, with several pytest-xdist workers, the
+    longest ones do not start last and leave the other workers idle.
+    """
+    kept, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("backend_pass")
+        if marker is not None and marker.args[0] != BACKEND:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    kept.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items[:] = kept
 
 
 def save_and_reload(model, directory, name="model.keras"):

@@ -336,6 +336,7 @@ def _assert_only_chief_wrote(infos):
             assert info["writes"] == [], info["writes"]
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_devices_and_processes_equal_one_device(tmp_path):
     """JAX: DataParallel over 2 local devices, and over 2 processes of one
     device each (`keras.distribution.initialize` on 127.0.0.1), give the
@@ -397,6 +398,7 @@ def _tf_config(ports, index):
     )
 
 
+@pytest.mark.slow
 def test_tensorflow_multi_worker_equals_one_worker_and_resumes(tmp_path):
     """TensorFlow: MultiWorkerMirroredStrategy with 2 workers on 127.0.0.1
     (TF_CONFIG). Worker 1 dies in epoch 2; both restart and resume from

@@ -72,7 +72,14 @@ print("OK")
 """
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(name, marks=pytest.mark.backend_pass(name))
+        for name in ("jax", "torch")
+    ],
+)
 def test_import_and_train_without_tensorflow(backend, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = dict(os.environ, KERAS_BACKEND=backend)

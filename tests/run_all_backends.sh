@@ -5,7 +5,8 @@
 # includes ruff) into a virtual environment (.venv by default; set VENV to
 # use another), checks the code with `ruff check` and `ruff format --check`,
 # and runs the whole test suite once per Keras backend: TensorFlow, JAX and
-# PyTorch. Needs Python 3.10+ with pip; no data beside the repository and no
+# PyTorch (tests marked `backend_pass`, whose subject is one engine, run in
+# that engine's pass only; see tests/conftest.py). Needs Python 3.10+ with pip; no data beside the repository and no
 # network access other than pip's. Exits non-zero if the lint or any
 # backend fails (all of them are run either way, so one run reports all).
 set -euo pipefail
@@ -21,9 +22,12 @@ echo "=== ruff check . && ruff format --check ."
 "$venv/bin/python" -m ruff check . || status=1
 "$venv/bin/python" -m ruff format --check . || status=1
 export TF_CPP_MIN_LOG_LEVEL=3
+# One pytest-xdist worker per core (PYTEST_WORKERS overrides; 0 runs in
+# this process); each worker computes on one thread (tests/conftest.py).
+workers="${PYTEST_WORKERS:-auto}"
 for backend in tensorflow jax torch; do
   echo "=== KERAS_BACKEND=$backend"
   KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    tests || status=1
+    -n "$workers" --durations=10 tests || status=1
 done
 exit "$status"

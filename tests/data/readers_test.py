@@ -273,6 +273,7 @@ def test_from_tfds_offline_with_mock_data():
     assert labels.shape == (4,)
 
 
+@pytest.mark.slow
 def test_dino_fit_on_a_folder_with_bad_files(folder, capsys):
     from keras_dino.models import DINO
     from keras_dino.models import ViTBackbone

@@ -36,6 +36,7 @@ def test_load_backbone(tmp_path):
         load_backbone(random_init=True)
 
 
+@pytest.mark.backend_pass("jax")
 def test_import_does_not_load_tensorflow():
     code = (
         "import sys, keras_dino.evaluation; "

@@ -12,6 +12,7 @@ of rounding noise only; the convnet has none, as ResNets.)
 
 import keras
 import numpy as np
+import pytest
 import reference_torch as ref
 import torch
 from torch import nn
@@ -146,6 +147,7 @@ def _state_dict(backbone, head):
     return sd
 
 
+@pytest.mark.slow
 def test_three_steps_with_batch_norm_match_reference(tiny):
     keras.utils.set_random_seed(0)
     model = DINO(

@@ -1,8 +1,8 @@
 """Data parallelism: 2 replicas give the same step as 1 replica.
 
 The MirroredStrategy test only means something on the TensorFlow backend
-(it is TensorFlow's data-parallel API); it runs when KERAS_BACKEND is
-tensorflow. On JAX and PyTorch the equivalent property is checked: with no
+(it is TensorFlow's data-parallel API); it runs a TensorFlow subprocess in
+the tensorflow pass of the test command only (`backend_pass`). On JAX and PyTorch the equivalent property is checked: with no
 strategy the loss is not rescaled (`num_replicas_in_sync() == 1`).
 """
 
@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from keras_dino.utils.distribution import num_replicas_in_sync
 from keras_dino.utils.distribution import scale_loss_for_replicas
 
@@ -20,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import json
 import sys
+
+import pytest
 
 import tensorflow as tf
 
@@ -90,6 +94,8 @@ json.dump({
 """
 
 
+@pytest.mark.slow
+@pytest.mark.backend_pass("tensorflow")
 def test_tensorflow_mirrored_two_replicas_equal_one(tmp_path):
     """MirroredStrategy is TensorFlow-only: the check runs in a TensorFlow
     subprocess, whatever the backend of this test run."""

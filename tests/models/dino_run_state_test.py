@@ -120,6 +120,7 @@ def test_the_straight_run_follows_its_schedule(straight):
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_fit_one_epoch_in_a_loop(tiny, straight):
     crops = straight[0]
     model, steps = _model(tiny), []
@@ -136,6 +137,7 @@ def test_fit_with_initial_epoch(tiny, straight):
     _assert_same_run(tiny, straight, model, steps)
 
 
+@pytest.mark.slow
 def test_keras_file_round_trip_mid_run(tiny, straight, tmp_path):
     crops = straight[0]
     model, steps = _model(tiny), []
@@ -149,6 +151,7 @@ def test_keras_file_round_trip_mid_run(tiny, straight, tmp_path):
     _assert_same_run(tiny, straight, reloaded, steps)
 
 
+@pytest.mark.slow
 def test_backup_and_restore_after_a_crash(tiny, straight, tmp_path):
     crops = straight[0]
     backup = str(tmp_path / "backup")

@@ -257,6 +257,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
+@pytest.mark.slow
 def test_save_load_and_resume_equals_uninterrupted(run, tiny, tmp_path):
     model_a, history_a, _, initial, crops = run
     model_b = _compile(tiny.dino())
@@ -344,6 +345,7 @@ def test_keras_saving_uncompiled(tiny, tmp_path):
 # --- the teacher backbone on its own ------------------------------------------
 
 
+@pytest.mark.slow
 def test_teacher_backbone_fine_tunes_in_other_models(run, tiny, tmp_path):
     model, _, _, _, crops = run
     path = str(tmp_path / "teacher.keras")
@@ -453,6 +455,7 @@ def test_non_finite_loss_stops_fit_and_keeps_checkpoint(run, tmp_path):
         assert f.read() == content
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_keeps_heads_loss_and_weights_in_float32(tiny):
     model = tiny.dino(
         backbone=tiny.backbone(dtype="mixed_bfloat16"), dtype="mixed_bfloat16"

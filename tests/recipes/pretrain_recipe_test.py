@@ -63,6 +63,7 @@ def _run(config, npz, output_dir, stop_after=None):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_keeps_the_schedules(tiny_npz, tmp_path):
     config = configs.get_config("cifar10_vit_tiny", **TINY)
     _run(config, tiny_npz, tmp_path / "straight")
@@ -144,6 +145,7 @@ def test_resume_with_changed_values_is_refused(tiny_npz, tmp_path):
     assert len(_history(tmp_path)) == 1
 
 
+@pytest.mark.slow
 def test_no_checkpoint_after_a_non_finite_step(tiny_npz, tmp_path):
     config = configs.get_config("cifar10_vit_tiny", **TINY)
     augmentation = pretraining.multi_crop_augmentation(config)
@@ -268,6 +270,7 @@ def _run_recipe(name, *args):
     return proc
 
 
+@pytest.mark.slow
 def test_demo_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
     # The folder of an earlier demo run (it holds the demo's marker file)
@@ -299,6 +302,7 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert (out / ".keras_dino_demo").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_recipe_end_to_end(tiny_npz, tmp_path):
     out = tmp_path / "run"
     args = [

@@ -185,6 +185,7 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert proc.returncode != 0 and path.read_text() == "x\n"
 
 
+@pytest.mark.slow
 def test_convert_checkpoint_checks_an_explicit_arch(tmp_path):
     checkpoint_factory = _load_checkpoint_factory()
     checkpoint = str(tmp_path / "vit_t16.pth")

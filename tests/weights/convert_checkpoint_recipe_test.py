@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import torch
 from checkpoint_factory import tiny_state_dict
 
@@ -34,6 +35,7 @@ def _run(*flags):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_full_checkpoint_to_keras_backbone(tmp_path):
     g = torch.Generator().manual_seed(1)
     head = {
