@@ -255,6 +255,14 @@ class DINO(keras.Model):
         norm_last_layer: bool, fix the head's weight-norm gain at 1.
         student_temperature: float > 0.
         num_global_crops: int, the leading crops that the teacher sees.
+        augmentation: optional Keras layer that makes the crops inside the
+            training step from each batch, e.g.
+            `keras_dino.layers.DeviceMultiCropAugmentation`: the data then
+            gives dicts with `images` and the crop parameters
+            (`keras_dino.numpy_data.ImageFolderDataset`), and the crops
+            are computed on the accelerator, compiled with the step. It
+            must have no weights (it is built without an input shape).
+            Without it the data gives the crops themselves.
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -286,9 +294,30 @@ class DINO(keras.Model):
         norm_last_layer=True,
         student_temperature=0.1,
         num_global_crops=2,
+        augmentation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if augmentation is not None and not isinstance(
+            augmentation, keras.layers.Layer
+        ):
+            raise ValueError(
+                "`augmentation` must be a Keras layer that maps a batch to "
+                "its crops (e.g. keras_dino.layers."
+                "DeviceMultiCropAugmentation.from_sampler(sampler)) or "
+                f"None. Received: {type(augmentation).__name__}"
+            )
+        if augmentation is not None and not augmentation.built:
+            # A weightless op on the batch: built here, so that `fit` does
+            # not read (and waste) a batch to build it symbolically.
+            augmentation.build(None)
+        if augmentation is not None and augmentation.weights:
+            raise ValueError(
+                "`augmentation` must be a layer without weights (it runs "
+                "on each batch inside the step and is not trained); "
+                f"{augmentation.name} has {len(augmentation.weights)}."
+            )
+        self.augmentation = augmentation
         feature_dim = _check_backbone(backbone)
         self.out_dim = _positive_int("out_dim", out_dim)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
@@ -362,12 +391,26 @@ class DINO(keras.Model):
     # --- forward -------------------------------------------------------
 
     def _crops(self, data):
-        """Crops from `crops`, `(crops,)` or `(crops, labels)`, checked."""
+        """Crops from `crops`, `(crops,)` or `(crops, labels)`, checked.
+
+        With an `augmentation` layer, `data` may instead be (or begin
+        with) the dict of images and crop parameters it takes.
+        """
+        if isinstance(data, (list, tuple)) and data:
+            if isinstance(data[0], (list, tuple, dict)):
+                data = data[0]
+        if isinstance(data, dict) and "images" in data:
+            if self.augmentation is None:
+                raise ValueError(
+                    "DINO got a batch of `images` with crop parameters but "
+                    "has no `augmentation` layer to make the crops: build "
+                    "it with DINO(..., augmentation=keras_dino.layers."
+                    "DeviceMultiCropAugmentation.from_sampler(sampler)), "
+                    "or give the crops themselves."
+                )
+            data = self.augmentation(data)
         if isinstance(data, dict):
             data = data.get("crops", data)
-        if isinstance(data, (list, tuple)) and data:
-            if isinstance(data[0], (list, tuple)):
-                data = data[0]
         if not isinstance(data, (list, tuple)) or len(data) < 2:
             raise ValueError(
                 "DINO expects a tuple of crop batches (global_1, global_2, "
@@ -701,10 +744,20 @@ class DINO(keras.Model):
                 "norm_last_layer": self.norm_last_layer,
                 "student_temperature": self.student_temperature,
                 "num_global_crops": self.num_global_crops,
+                "augmentation": (
+                    None
+                    if self.augmentation is None
+                    else keras.saving.serialize_keras_object(self.augmentation)
+                ),
             }
         )
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**with_deserialized_backbone(config))
+        config = with_deserialized_backbone(config)
+        if isinstance(config.get("augmentation"), dict):
+            config["augmentation"] = keras.saving.deserialize_keras_object(
+                config["augmentation"]
+            )
+        return cls(**config)

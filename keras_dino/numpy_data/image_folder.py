@@ -82,7 +82,13 @@ class ImageFolderDataset(keras.utils.PyDataset):
 
     Each epoch has its own shuffled order and every random draw of batch
     `i` of epoch `e` comes from the seed `(seed, e, i)`, so batches do not
-    depend on the number of workers nor on the order they finish in.
+    depend on the number of workers nor on the order they finish in. The
+    epoch `e` is `epoch`: 0 for the first epoch of `fit` (Keras calls
+    `on_epoch_begin` once per epoch), then one more per epoch; a run
+    resumed with `fit(initial_epoch=k)` calls `set_epoch(k)` first, so it
+    reads the batches an uninterrupted run would have read. Give `fit`
+    `steps_per_epoch=len(dataset)` (or leave it out): with fewer steps,
+    Keras carries the reader's batch position over into the next epoch.
 
     Args:
         root: image folder, `root/<class>/<image>` or flat.
@@ -162,6 +168,7 @@ class ImageFolderDataset(keras.utils.PyDataset):
         self.seed = sampler._base_seed if seed is None else int(seed)
         self.bad_file_report = bad_file_report
         self.epoch = 0
+        self._epoch_begun = False
         self._bad = set()
         self._check_some_file_decodes()
 
@@ -182,8 +189,22 @@ class ImageFolderDataset(keras.utils.PyDataset):
     def __len__(self):
         return len(self.paths) // self.batch_size
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Makes `epoch` the next epoch `fit` reads (e.g. on resume)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(
+                f"`epoch` must be an int >= 0. Received: epoch={epoch!r}"
+            )
+        self.epoch = epoch
+        self._epoch_begun = False
+
+    def on_epoch_begin(self):
+        # Counted at the start of an epoch, not at its end: before the
+        # first epoch Keras also calls `on_epoch_end` (when it resets its
+        # epoch iterator), which would skip epoch 0.
+        if self._epoch_begun:
+            self.epoch += 1
+        self._epoch_begun = True
 
     def _order(self):
         if not self.shuffle:

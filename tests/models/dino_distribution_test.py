@@ -2,8 +2,9 @@
 
 The MirroredStrategy test only means something on the TensorFlow backend
 (it is TensorFlow's data-parallel API); it runs a TensorFlow subprocess in
-the tensorflow pass of the test command only (`backend_pass`). On JAX and PyTorch the equivalent property is checked: with no
-strategy the loss is not rescaled (`num_replicas_in_sync() == 1`).
+the tensorflow pass of the test command only (`backend_pass`). On JAX
+and PyTorch the equivalent property is checked: with no strategy the loss
+is not rescaled (`num_replicas_in_sync() == 1`).
 """
 
 import json

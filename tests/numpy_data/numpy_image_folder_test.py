@@ -94,6 +94,30 @@ def test_order_depends_on_seed_and_epoch_only(tmp_path):
     assert len(shards[0]) + len(shards[1]) == 8
 
 
+def test_epochs_follow_keras_calls_and_set_epoch(tmp_path):
+    """Keras resets its epoch iterator (`on_epoch_end`) before the first
+    epoch and calls `on_epoch_begin` once per epoch: `fit`'s first epoch
+    reads epoch 0, and `set_epoch(k)` makes a resumed run read epoch k."""
+    root = write_folder(tmp_path, [(16, 16)] * 8, bad=False)
+    ds = ImageFolderDataset(root, SAMPLER, batch_size=4, canvas_size=16)
+    seen = []
+    for _ in range(3):  # as keras.trainers.epoch_iterator.EpochIterator
+        ds.on_epoch_end()
+        ds.on_epoch_begin()
+        seen.append(ds.epoch)
+    assert seen == [0, 1, 2]
+    first_of_epoch_2 = ds[0]
+    resumed = ImageFolderDataset(root, SAMPLER, batch_size=4, canvas_size=16)
+    resumed.set_epoch(2)
+    resumed.on_epoch_end()
+    resumed.on_epoch_begin()
+    assert resumed.epoch == 2
+    for key, value in resumed[0].items():
+        np.testing.assert_array_equal(value, first_of_epoch_2[key])
+    with pytest.raises(ValueError, match="int >= 0"):
+        resumed.set_epoch(-1)
+
+
 def test_a_folder_where_nothing_decodes_is_refused(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"garbage")
     (tmp_path / "b.png").write_bytes(b"")
