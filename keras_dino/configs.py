@@ -48,7 +48,17 @@ IMAGENET_VITS16 = {
     "grayscale_prob": 0.2,
     "seed": 0,
     "dtype_policy": "float32",
+    # Where the crops are made: "host" (the tf.data pipeline) or "device"
+    # (keras_dino.numpy_data reader + DeviceMultiCropAugmentation in the
+    # training step; image folders only, images shrunk to fit a
+    # canvas_size square).
+    "augment_on": "host",
+    "canvas_size": 512,
 }
+
+# Keys added after runs were stored: a stored `config.json` without them
+# had these values.
+ADDED_KEYS = {"augment_on": "host", "canvas_size": 512}
 
 # The reference README's ResNet-50 command (8 GPUs x 64 images, 100 epochs):
 #   main_dino.py --arch resnet50 --optimizer sgd --lr 0.03

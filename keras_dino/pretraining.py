@@ -17,6 +17,7 @@ from keras_dino.checkpointing import clean_partial_files
 from keras_dino.checkpointing import latest_checkpoint
 from keras_dino.checkpointing import read_latest
 from keras_dino.checkpointing import repair_history
+from keras_dino.configs import ADDED_KEYS
 from keras_dino.configs import ARCHS
 from keras_dino.models.dino import DINO
 from keras_dino.models.resnet_backbone import RESNET_VARIANTS
@@ -93,8 +94,33 @@ def build_backbone(config):
     )
 
 
+AUGMENT_ON = ("host", "device")
+
+
+def _augment_on(config):
+    where = config.get("augment_on", "host")
+    if where not in AUGMENT_ON:
+        raise ValueError(
+            f"augment_on must be one of {AUGMENT_ON}. Received: {where!r}"
+        )
+    return where
+
+
 def build_dino(config):
-    """An uncompiled `DINO` model of a configuration."""
+    """An uncompiled `DINO` model of a configuration.
+
+    With `augment_on="device"` it makes the crops in its training step
+    (`DeviceMultiCropAugmentation` of `multi_crop_sampler(config)`).
+    """
+    augmentation = None
+    if _augment_on(config) == "device":
+        from keras_dino.layers.device_multi_crop import (
+            DeviceMultiCropAugmentation,
+        )
+
+        augmentation = DeviceMultiCropAugmentation.from_sampler(
+            multi_crop_sampler(config)
+        )
     return DINO(
         build_backbone(config),
         out_dim=config["out_dim"],
@@ -103,6 +129,7 @@ def build_dino(config):
         use_bn_in_head=config["use_bn_in_head"],
         norm_last_layer=config["norm_last_layer"],
         student_temperature=config["student_temp"],
+        augmentation=augmentation,
         dtype=resolve_dtype_policy(config.get("dtype_policy", "float32")),
     )
 
@@ -156,11 +183,8 @@ def build_schedule(config, steps_per_epoch):
     )
 
 
-def multi_crop_augmentation(config):
-    """The `keras_dino.data.MultiCropAugmentation` of a configuration."""
-    from keras_dino.data.multi_crop import MultiCropAugmentation
-
-    return MultiCropAugmentation(
+def _crop_arguments(config):
+    return dict(
         global_crop_size=config["image_size"],
         local_crop_size=config["local_crop_size"],
         num_local_crops=config["local_crops_number"],
@@ -171,6 +195,81 @@ def multi_crop_augmentation(config):
         grayscale_prob=config.get("grayscale_prob", 0.2),
         seed=config["seed"],
     )
+
+
+def multi_crop_augmentation(config):
+    """The `keras_dino.data.MultiCropAugmentation` of a configuration."""
+    from keras_dino.data.multi_crop import MultiCropAugmentation
+
+    return MultiCropAugmentation(**_crop_arguments(config))
+
+
+def multi_crop_sampler(config):
+    """The `keras_dino.numpy_data.MultiCropSampler` of a configuration:
+    the same crop distributions, for the device augmentation."""
+    from keras_dino.numpy_data.multi_crop_sampler import MultiCropSampler
+
+    return MultiCropSampler(**_crop_arguments(config))
+
+
+class ReaderStream:
+    """The device-augmentation input of a run: an `ImageFolderDataset`.
+
+    Its batches are images and crop parameters (the model makes the crops
+    in its step); batch `i` of epoch `e` depends only on `(seed, e, i)`,
+    so a run resumed at epoch `e` reads what an uninterrupted run would
+    have read next.
+
+    Args:
+        reader: a `keras_dino.numpy_data.ImageFolderDataset`.
+    """
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.bad_file_report = reader.bad_file_report
+
+    def dataset(self, steps_per_epoch, initial_epoch=0):
+        """The reader, set to start at `initial_epoch`."""
+        if int(steps_per_epoch) != len(self.reader):
+            raise ValueError(
+                f"The image-folder reader has {len(self.reader)} batches "
+                f"per epoch but the run takes {steps_per_epoch} steps per "
+                "epoch; with augment_on='device' leave steps_per_epoch "
+                "unset (or equal to the reader's batches per epoch)."
+            )
+        self.reader.set_epoch(int(initial_epoch))
+        return self.reader
+
+
+def device_input(config, image_folder, workers=None, bad_file_report=None):
+    """A `ReaderStream` of an image folder for `augment_on="device"`.
+
+    Args:
+        config: the run's configuration (`batch_size`, `canvas_size`, the
+            crop values and `seed`).
+        image_folder: `root/<class>/<image>` or a flat folder.
+        workers: threads decoding in parallel (default: the CPU count,
+            at most 8).
+        bad_file_report: optional `keras_dino.numpy_data.BadFileReport`.
+
+    Returns:
+        `(stream, num_images)`.
+    """
+    from keras_dino.numpy_data import BadFileReport
+    from keras_dino.numpy_data import ImageFolderDataset
+
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    reader = ImageFolderDataset(
+        image_folder,
+        multi_crop_sampler(config),
+        config["batch_size"],
+        canvas_size=int(config["canvas_size"]),
+        seed=config["seed"],
+        bad_file_report=bad_file_report or BadFileReport(),
+        workers=workers,
+    )
+    return ReaderStream(reader), len(reader.paths)
 
 
 class EpochStream:
@@ -411,7 +510,7 @@ def check_run_config(output_dir, config, steps_per_epoch):
         return current
     try:
         with open(path) as f:
-            stored = json.load(f)
+            stored = {**ADDED_KEYS, **json.load(f)}
     except (OSError, ValueError) as e:
         raise ValueError(
             f"{path} cannot be read ({e}); it records the run's "
@@ -461,7 +560,9 @@ def pretrain(
 
     Args:
         config: a configuration dict (`keras_dino.configs.get_config`).
-        dataset: an `EpochStream` (from `pretraining_dataset`), or an
+        dataset: an `EpochStream` (from `pretraining_dataset`), a
+            `ReaderStream` (from `device_input`, for a configuration with
+            `augment_on="device"`), or an
             infinite multi-crop `tf.data.Dataset` used as it is (a resumed
             run then does not see the data of its next epoch).
         steps_per_epoch: int, iterations per epoch.
@@ -553,7 +654,7 @@ def _train(
     if stop_after_epochs:
         last_epoch = min(last_epoch, int(stop_after_epochs))
     report_callbacks = []
-    if isinstance(dataset, EpochStream):
+    if isinstance(dataset, (EpochStream, ReaderStream)):
         if dataset.bad_file_report is not None:
             report_callbacks.append(dataset.bad_file_report)
         dataset = dataset.dataset(steps_per_epoch, initial_epoch)
@@ -678,6 +779,9 @@ def steps_for(num_images, batch_size):
 
 __all__ = [
     "EpochStream",
+    "ReaderStream",
+    "device_input",
+    "multi_crop_sampler",
     "build_backbone",
     "build_dino",
     "build_optimizer",

@@ -194,6 +194,21 @@ _OVERRIDES = {
         [],
         "Seed of the initial weights, shuffling and augmentation.",
     ),
+    "augment_on": (
+        flags.DEFINE_enum,
+        ["host", "device"],
+        "Where the crops are made: host (the tf.data pipeline, any "
+        "source) or device (image folders only: PIL decodes and NumPy "
+        "draws the crop parameters on the host, "
+        "DeviceMultiCropAugmentation makes the crops in the training "
+        "step, on the accelerator; one device).",
+    ),
+    "canvas_size": (
+        flags.DEFINE_integer,
+        [],
+        "--augment_on=device: side in pixels of the square the images are "
+        "sent in; larger images are first shrunk to fit.",
+    ),
     "dtype_policy": (
         flags.DEFINE_enum,
         ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
@@ -278,25 +293,29 @@ def main(argv):
         raise app.UsageError(
             "Give exactly one of --data_path, --tfds_name or --npz."
         )
-    needs = [("tensorflow", "the tf.data multi-crop input pipeline")]
-    if FLAGS.tfds_name:
-        needs.append(("tensorflow_datasets", "--tfds_name"))
-    recipe_flags.require("pretrain", needs)
-    augmentation = pretraining.multi_crop_augmentation(config)
-    dataset, num_images = pretraining.pretraining_dataset(
-        augmentation,
-        batch_size=config["batch_size"],
-        image_folder=FLAGS.data_path,
-        tfds_name=FLAGS.tfds_name,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        tfds_split=FLAGS.tfds_split,
-        npz_paths=FLAGS.npz,
-        max_images=FLAGS.max_images,
-        seed=config["seed"],
-    )
-    steps = FLAGS.steps_per_epoch or pretraining.steps_for(
-        num_images, config["batch_size"]
-    )
+    if config["augment_on"] == "device":
+        dataset, num_images = _device_input(config, strategy)
+        steps = FLAGS.steps_per_epoch or len(dataset.reader)
+    else:
+        needs = [("tensorflow", "the tf.data multi-crop input pipeline")]
+        if FLAGS.tfds_name:
+            needs.append(("tensorflow_datasets", "--tfds_name"))
+        recipe_flags.require("pretrain", needs)
+        augmentation = pretraining.multi_crop_augmentation(config)
+        dataset, num_images = pretraining.pretraining_dataset(
+            augmentation,
+            batch_size=config["batch_size"],
+            image_folder=FLAGS.data_path,
+            tfds_name=FLAGS.tfds_name,
+            tfds_data_dir=FLAGS.tfds_data_dir,
+            tfds_split=FLAGS.tfds_split,
+            npz_paths=FLAGS.npz,
+            max_images=FLAGS.max_images,
+            seed=config["seed"],
+        )
+        steps = FLAGS.steps_per_epoch or pretraining.steps_for(
+            num_images, config["batch_size"]
+        )
     extra = []
     if FLAGS.knn_npz:
         extra.append(_knn_monitor(FLAGS.knn_npz, FLAGS.knn_images))
@@ -319,6 +338,33 @@ def main(argv):
         f"Teacher backbone: "
         f"{os.path.join(FLAGS.output_dir, 'teacher_backbone.keras')}"
     )
+
+
+def _device_input(config, strategy):
+    """The `--augment_on=device` input, or a usage error saying why not."""
+    from keras_dino import pretraining
+
+    if FLAGS.data_path is None:
+        raise app.UsageError(
+            "--augment_on=device reads an image folder: give --data_path "
+            "(or use --augment_on=host for --npz and --tfds_name)."
+        )
+    if FLAGS.max_images:
+        raise app.UsageError(
+            "--max_images is not available with --augment_on=device; "
+            "point --data_path at a smaller folder."
+        )
+    if strategy is not None:
+        raise app.UsageError(
+            "--augment_on=device trains on one device here; give "
+            "--distribution=none, or --augment_on=host to train on many."
+        )
+    recipe_flags.require(
+        "pretrain",
+        [("PIL", "reading images with --augment_on=device")],
+        extras={"PIL": "numpy_data"},
+    )
+    return pretraining.device_input(config, FLAGS.data_path)
 
 
 def _knn_monitor(paths, num_images):
