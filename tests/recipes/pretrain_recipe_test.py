@@ -271,7 +271,12 @@ def _run_recipe(name, *args):
 
 
 @pytest.mark.slow
-def test_demo_recipe_end_to_end(tmp_path):
+def test_demo_recipe_end_to_end(tmp_path, cifar_sample):
+    # 400 held-out images (not the demo's 5,000: feature extraction of
+    # 10,000 images would be most of this test's time).
+    images, labels, _ = cifar_sample
+    val = tmp_path / "val.npz"
+    np.savez(val, images=images[:400], labels=labels[:400])
     out = tmp_path / "demo"
     # The folder of an earlier demo run (it holds the demo's marker file)
     # is replaced.
@@ -284,6 +289,8 @@ def test_demo_recipe_end_to_end(tmp_path):
         "--epochs=1",
         "--schedule_epochs=3",
         "--max_images=256",
+        f"--val_npz={val}",
+        "--monitor_images=200",
         "--seed=1",
     )
     assert "4 steps x 1 epochs (of a 3-epoch schedule)" in proc.stdout
