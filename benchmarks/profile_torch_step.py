@@ -91,45 +91,9 @@ def profile_keras(name, steps, rows):
 
 
 def profile_reference(name, steps, rows):
-    import numpy as np
     import torch
 
-    sys.path.insert(0, os.path.join(os.path.dirname(bench.HERE), "tests"))
-    import reference_torch as ref
-
-    cfg = bench.CONFIGS[name]
-    dim, depth, heads = bench.WIDTHS[cfg["variant"]]
-    arch = dict(
-        img_size=cfg["image_size"],
-        patch_size=cfg["patch_size"],
-        dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_ratio=4.0,
-        out_dim=cfg["out_dim"],
-        hidden_dim=2048,
-        bottleneck_dim=256,
-        nlayers=3,
-    )
-    total = bench.WARMUP_STEPS + steps
-    lr = 5e-4 * cfg["batch"] / 256
-    model = ref.ReferenceDINO(
-        None,
-        arch,
-        ncrops=2 + cfg["num_local"],
-        lr_schedule=ref.cosine_scheduler(lr, 1e-6, 100, total, 10),
-        wd_schedule=ref.cosine_scheduler(0.04, 0.4, 100, total),
-        momentum_schedule=ref.cosine_scheduler(0.996, 1.0, 100, total),
-        teacher_temp_schedule=np.full(100, 0.04),
-        clip_grad=3.0,
-        freeze_last_layer=1,
-        niter_per_ep=total,
-        drop_path_rate=0.1,
-    )
-    crops = [
-        torch.from_numpy(c)
-        for c in bench._random_crops(cfg, channels_first=True)
-    ]
+    model, crops = bench.build_reference(name, bench.WARMUP_STEPS + steps)
     for _ in range(bench.WARMUP_STEPS):
         model.train_step(crops)
     with torch.profiler.profile(

@@ -219,8 +219,9 @@ def run_keras(name, steps, dtype_policy="float32"):
     _report(np.diff(stamps.times[WARMUP_STEPS - 1 :]), cfg["batch"])
 
 
-def run_reference(name, steps):
-    """Runs in the subprocess: the reference-style plain-PyTorch step."""
+def build_reference(name, total):
+    """The reference-style plain-PyTorch DINO of config `name` and its
+    NCHW crops; its schedules span `total` steps."""
     import numpy as np
     import torch
 
@@ -241,7 +242,6 @@ def run_reference(name, steps):
         bottleneck_dim=256,
         nlayers=3,
     )
-    total = WARMUP_STEPS + steps
     lr = 5e-4 * cfg["batch"] / 256
     model = ref.ReferenceDINO(
         None,
@@ -259,12 +259,19 @@ def run_reference(name, steps):
     crops = [
         torch.from_numpy(c) for c in _random_crops(cfg, channels_first=True)
     ]
+    return model, crops
+
+
+def run_reference(name, steps):
+    """Runs in the subprocess: the reference-style plain-PyTorch step."""
+    total = WARMUP_STEPS + steps
+    model, crops = build_reference(name, total)
     times = []
     for _ in range(total):
         start = time.perf_counter()
         model.train_step(crops)
         times.append(time.perf_counter() - start)
-    _report(times[WARMUP_STEPS:], cfg["batch"])
+    _report(times[WARMUP_STEPS:], CONFIGS[name]["batch"])
 
 
 def _child(name, backend, steps, dtype_policy):
