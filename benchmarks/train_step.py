@@ -23,6 +23,11 @@ Usage:
     python benchmarks/train_step.py --compare_reference \
         [--configs CFG-C,CFG-T,CFG-S] [--backends jax,tensorflow,torch] \
         [--rounds 3] [--steps 6] [--dtype_policy float32|mixed_bfloat16]
+        [--jit_compile auto|true|false] [--input auto|pydataset|tf.data]
+
+The Keras side gets the same batch at every step: through `tf.data` on
+TensorFlow, and through a `keras.utils.PyDataset` on JAX and PyTorch, so
+that no TensorFlow threads share the cores with their step (`--input`).
 
 `--dtype_policy mixed_bfloat16` computes the backbones in bfloat16 (heads,
 loss and weights stay float32); the reference step stays float32, as the
@@ -166,11 +171,45 @@ def _report(step_times, batch):
     )
 
 
-def run_keras(name, steps, dtype_policy="float32"):
+def _same_batch_dataset(crops, input_pipeline):
+    """The same batch of crops at every step, as `fit` input.
+
+    "pydataset" is a `keras.utils.PyDataset` read in the training thread:
+    no TensorFlow is imported into a JAX or PyTorch process, whose idle
+    tf.data and Eigen threads would otherwise spin on the same cores as
+    the step. "tf.data" is `Dataset.from_tensors`. "auto": tf.data on the
+    TensorFlow backend, else "pydataset".
+    """
+    import keras
+
+    if input_pipeline == "auto":
+        tf_backend = keras.backend.backend() == "tensorflow"
+        input_pipeline = "tf.data" if tf_backend else "pydataset"
+    if input_pipeline == "tf.data":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensors((crops,)).repeat()
+
+    class SameBatch(keras.utils.PyDataset):
+        def __len__(self):
+            return 1_000_000
+
+        def __getitem__(self, index):
+            return (crops,)
+
+    return SameBatch()
+
+
+def run_keras(
+    name,
+    steps,
+    dtype_policy="float32",
+    jit_compile="auto",
+    input_pipeline="auto",
+):
     """Runs in the subprocess: `steps` timed DINO steps inside one `fit`."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_dino
 
@@ -192,9 +231,9 @@ def run_keras(name, steps, dtype_policy="float32"):
         schedule=keras_dino.schedules.DINOSchedule.paper(
             cfg["batch"], steps_per_epoch=total, epochs=100
         ),
+        jit_compile=_jit_value(jit_compile),
     )
-    crops = tuple(_random_crops(cfg))
-    dataset = tf.data.Dataset.from_tensors((crops,)).repeat()
+    dataset = _same_batch_dataset(tuple(_random_crops(cfg)), input_pipeline)
 
     class BatchEndStamps(keras.callbacks.Callback):
         """Wall-clock time of every batch end inside one `fit`."""
@@ -217,6 +256,10 @@ def run_keras(name, steps, dtype_policy="float32"):
         callbacks=[stamps],
     )
     _report(np.diff(stamps.times[WARMUP_STEPS - 1 :]), cfg["batch"])
+
+
+def _jit_value(flag):
+    return {"auto": "auto", "true": True, "false": False}[flag]
 
 
 def build_reference(name, total):
@@ -274,7 +317,7 @@ def run_reference(name, steps):
     _report(times[WARMUP_STEPS:], CONFIGS[name]["batch"])
 
 
-def _child(name, backend, steps, dtype_policy):
+def _child(name, backend, steps, args):
     """One measurement in a fresh process; a result dict or an error."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -290,7 +333,11 @@ def _child(name, backend, steps, dtype_policy):
         "--steps",
         str(steps),
         "--dtype_policy",
-        dtype_policy,
+        args.dtype_policy,
+        "--jit_compile",
+        args.jit_compile,
+        "--input",
+        args.input,
     ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -339,6 +386,19 @@ def main():
         choices=["float32", "mixed_bfloat16"],
     )
     parser.add_argument(
+        "--jit_compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="`jit_compile` for `DINO.compile` (auto: the model's default).",
+    )
+    parser.add_argument(
+        "--input",
+        default="auto",
+        choices=["auto", "pydataset", "tf.data"],
+        help="How `fit` gets its (fixed) batch; auto: tf.data on "
+        "TensorFlow, a PyDataset (no TensorFlow imported) elsewhere.",
+    )
+    parser.add_argument(
         "--output", default=None, help="Optional JSON file for all results."
     )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -348,7 +408,13 @@ def main():
         if args._side == "reference":
             run_reference(args._child, args.steps)
         else:
-            run_keras(args._child, args.steps, args.dtype_policy)
+            run_keras(
+                args._child,
+                args.steps,
+                args.dtype_policy,
+                args.jit_compile,
+                args.input,
+            )
         return
     configs = args.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
@@ -367,7 +433,7 @@ def main():
     for round_index in range(args.rounds):
         for name in configs:
             for side in sides:
-                res = _child(name, side, args.steps, args.dtype_policy)
+                res = _child(name, side, args.steps, args)
                 res["round"] = round_index
                 results[(name, side)].append(res)
                 shown = res.get("images_per_s", res.get("error"))
