@@ -1,9 +1,9 @@
 """DINO learns on real images (CIFAR-10), on every backend.
 
 A tiny ViT (patch 8 on 32 px: 4 x 4 patches) is trained for a few hundred
-steps on simple numpy multi-crop views. The loss must start near ln(out_dim), go down, and
-the teacher entropy must neither collapse to 0 (one prototype) nor stay at
-ln(out_dim) (uniform output).
+steps on simple numpy multi-crop views. The loss must start near
+ln(out_dim), go down, and the teacher entropy must neither collapse to 0
+(one prototype) nor stay at ln(out_dim) (uniform output).
 """
 
 import time
