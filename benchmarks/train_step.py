@@ -21,7 +21,8 @@ figures.
 
 Usage:
     python benchmarks/train_step.py --compare_reference \
-        [--configs CFG-C,CFG-T,CFG-S] [--backends jax,tensorflow,torch] \
+        [--configs CFG-C,CFG-T,CFG-S] \
+        [--backends jax,tensorflow,tensorflow+xla,torch] \
         [--rounds 3] [--steps 6] [--dtype_policy float32|mixed_bfloat16]
         [--jit_compile auto|true|false] [--input auto|pydataset|tf.data]
 
@@ -317,10 +318,15 @@ def run_reference(name, steps):
     _report(times[WARMUP_STEPS:], CONFIGS[name]["batch"])
 
 
-def _child(name, backend, steps, args):
-    """One measurement in a fresh process; a result dict or an error."""
+def _child(name, side, steps, args):
+    """One measurement in a fresh process; a result dict or an error.
+
+    `side` is "reference", a Keras backend, or a backend with "+xla"
+    (`jit_compile=True`, e.g. "tensorflow+xla").
+    """
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    backend, xla = side.removesuffix("+xla"), side.endswith("+xla")
     if backend != "reference":
         env["KERAS_BACKEND"] = backend
     command = [
@@ -335,7 +341,7 @@ def _child(name, backend, steps, args):
         "--dtype_policy",
         args.dtype_policy,
         "--jit_compile",
-        args.jit_compile,
+        "true" if xla else args.jit_compile,
         "--input",
         args.input,
     ]
@@ -364,7 +370,10 @@ def main():
         "--configs", default="CFG-C,CFG-T,CFG-S", help="Comma-separated."
     )
     parser.add_argument(
-        "--backends", default="jax,tensorflow,torch", help="Comma-separated."
+        "--backends",
+        default="jax,tensorflow,torch",
+        help="Comma-separated; a backend with +xla (e.g. tensorflow+xla) "
+        "runs it with jit_compile=True.",
     )
     parser.add_argument(
         "--steps", type=int, default=6, help="Timed steps per run."
