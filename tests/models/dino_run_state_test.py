@@ -378,3 +378,24 @@ def test_batch_norm_teacher_uses_batch_statistics(tiny):
         tiny.np(bn.moving_mean), tiny.np(student_bn.moving_mean)
     )
     assert not any(v.trainable for v in model.teacher_backbone.weights)
+
+
+def test_jit_compile_warning_only_for_torch_compile(tiny):
+    """`jit_compile=True` warns on PyTorch (torch.compile), nowhere else;
+    the default keeps Keras's choice and warns nowhere."""
+    import warnings
+
+    for jit_compile, warns in (
+        (True, keras.backend.backend() == "torch"),
+        ("auto", False),
+    ):
+        model = tiny.dino()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.compile(
+                optimizer=DINOAdamW(),
+                schedule=_schedule(),
+                jit_compile=jit_compile,
+            )
+        hits = [w for w in caught if "torch.compile" in str(w.message)]
+        assert bool(hits) == warns, [str(w.message) for w in caught]
