@@ -212,11 +212,13 @@ def pytest_collection_modifyitems(config, items):
     """Applies the `backend_pass` marker and runs `slow` tests first.
 
     `@pytest.mark.backend_pass("jax")` marks a test whose whole subject is
-    one engine, whatever the backend of the pytest process (it starts a
-    subprocess with `KERAS_BACKEND` fixed, e.g. MirroredStrategy on
-    TensorFlow). It runs in that backend's pass of the test command and is
-    deselected (not skipped) in the two others, which would only repeat
-    the identical subprocess.
+    one engine, whatever the backend of the pytest process: it starts a
+    subprocess with `KERAS_BACKEND` fixed (e.g. MirroredStrategy on
+    TensorFlow), or its code never reads the Keras backend (the `tf.data`
+    pipeline of `keras_dino.data`, the NumPy checkpoint readers). It runs
+    in that backend's pass of the test command and is deselected (not
+    skipped) in the two others, which would only repeat identical code.
+    Tests that hand such output to a model or `keras.ops` run everywhere.
 
     `slow` tests go first so that, with several pytest-xdist workers, the
     longest ones do not start last and leave the other workers idle.

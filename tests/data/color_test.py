@@ -6,6 +6,10 @@ import tensorflow as tf
 
 from keras_dino.data import color
 
+# tf.data only (keras_dino.data never reads the Keras backend): these run
+# in the tensorflow pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("tensorflow")
+
 
 def image(seed=0, shape=(9, 11, 3)):
     return np.random.default_rng(seed).random(shape, dtype=np.float32)

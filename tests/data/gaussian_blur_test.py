@@ -6,6 +6,10 @@ from keras_dino.data.gaussian_blur import gaussian_blur
 from keras_dino.data.gaussian_blur import gaussian_kernel_1d
 from keras_dino.data.gaussian_blur import gaussian_kernel_size
 
+# tf.data only (keras_dino.data never reads the Keras backend): these run
+# in the tensorflow pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("tensorflow")
+
 
 def test_kernel_size_covers_three_sigma():
     assert gaussian_kernel_size(2.0) == 13

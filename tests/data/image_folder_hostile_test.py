@@ -39,6 +39,7 @@ def _augmentation():
     return MultiCropAugmentation(16, 8, 2, seed=0)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_float_arrays_in_0_255_are_refused():
     images = np.full((4, 8, 8, 3), 200.0, "float32")
     with pytest.raises(ValueError, match="divide them by 255") as error:
@@ -50,6 +51,7 @@ def test_float_arrays_in_0_255_are_refused():
         np.testing.assert_array_equal(checked, accepted)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_fifo_and_device_links_are_skipped_and_reported(flat):
     os.mkfifo(flat / "x.jpg")
     os.symlink("/dev/zero", flat / "zero.jpg")
@@ -73,6 +75,7 @@ def test_fifo_and_device_links_are_skipped_and_reported(flat):
     assert _count(ds) == 4
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_a_name_that_is_not_utf8_is_skipped_and_named(flat):
     bad = os.path.join(os.fsencode(flat), b"caf\xe9.jpg")
     with open(bad, "wb") as f:
@@ -86,6 +89,7 @@ def test_a_name_that_is_not_utf8_is_skipped_and_named(flat):
     assert "UTF-8" in report.reason(str(flat / "caf\ufffd.jpg"))
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_a_symlink_loop_lists_each_file_once(tmp_path, cifar_sample):
     root = tmp_path / "root"
     _write_jpegs(root / "a" / "sub", cifar_sample[0][:2])
@@ -101,6 +105,7 @@ def test_a_symlink_loop_lists_each_file_once(tmp_path, cifar_sample):
     assert str(root / "b" / "000.jpg") not in paths
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_a_folder_where_nothing_decodes_is_refused(tmp_path):
     root = tmp_path / "garbage"
     os.makedirs(root)

@@ -54,6 +54,7 @@ def assert_rate(flags, p):
     assert abs(k - n * p) <= bound, f"{k}/{n} vs p={p}"
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_default_output_structure():
     augmentation = MultiCropAugmentation(seed=0)
     crops = augmentation(random_image((300, 200, 3)), seed=1)
@@ -66,6 +67,7 @@ def test_default_output_structure():
     assert augmentation.crop_sizes == (224,) * 2 + (96,) * 8
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_normalisation_with_imagenet_statistics():
     image = np.full((16, 16, 3), [10, 128, 250], np.uint8)
     augmentation = MultiCropAugmentation(16, 16, 1, **OFF, **WHOLE, seed=0)
@@ -76,6 +78,7 @@ def test_normalisation_with_imagenet_statistics():
         )
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_no_op_crop_is_identity():
     image = random_image((16, 16, 3))
     augmentation = MultiCropAugmentation(16, 16, 1, **OFF, **WHOLE, seed=0)
@@ -95,6 +98,7 @@ def test_no_op_crop_is_identity():
         ((20, 30, 3), "float32"),  # float in [0, 1]
     ],
 )
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_image_kinds(shape, dtype):
     image = random_image(shape)
     if dtype == "float32":
@@ -108,6 +112,7 @@ def test_image_kinds(shape, dtype):
         assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_grayscale_input_stays_gray_and_rgba_drops_alpha():
     augmentation = MultiCropAugmentation(16, 8, 1, **OFF, seed=0)
     gray = random_image((20, 20, 1))
@@ -119,6 +124,7 @@ def test_grayscale_input_stays_gray_and_rgba_drops_alpha():
         np.testing.assert_allclose(a, b)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_same_seed_same_crops_and_other_seed_other_crops():
     image = random_image()
     augmentation = MultiCropAugmentation(32, 16, 2, seed=5)
@@ -132,6 +138,7 @@ def test_same_seed_same_crops_and_other_seed_other_crops():
     assert not np.allclose(a[0], d[0])
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_parallel_map_is_deterministic():
     augmentation = MultiCropAugmentation(16, 8, 2, seed=0)
     images = np.stack([random_image((24, 24, 3), i) for i in range(16)])
@@ -152,6 +159,7 @@ def test_batch_converts_on_the_active_backend():
         assert keras.backend.standardize_dtype(tensor.dtype) == "float32"
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_config_round_trip():
     augmentation = MultiCropAugmentation(
         64, 32, 4, brightness=0.3, hue=(-0.05, 0.1), seed=3
@@ -176,11 +184,13 @@ def test_config_round_trip():
         (dict(std=(0.0, 1.0, 1.0)), "std"),
     ],
 )
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiCropAugmentation(**kwargs)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_bad_image_is_a_clear_error():
     augmentation = MultiCropAugmentation(16, 8, 1)
     with pytest.raises(ValueError, match="batch after augmenting"):
@@ -216,11 +226,13 @@ def default_params(request):
         ("solarize", [0.0, 0.2] + [0.0] * 8),
     ],
 )
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_sampled_rates_per_crop_position(default_params, key, probs):
     for k, p in enumerate(probs):
         assert_rate(default_params[key][:, k], p)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_sampled_jitter_factors_order_and_sigma(default_params):
     factors = default_params["jitter_factors"].reshape(-1, 4)
     for column, (lo, hi) in enumerate(
@@ -240,6 +252,7 @@ def test_sampled_jitter_factors_order_and_sigma(default_params):
     assert stats.chisquare(counts).pvalue > 1e-3
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_crop_positions_draw_independently(default_params):
     flips = default_params["flip"]
     agree = (flips[:, 0] == flips[:, 1]).mean()
@@ -252,6 +265,7 @@ N = 600
 SMALL = dict(global_crop_size=16, local_crop_size=16, num_local_crops=2)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_flip_rate_on_pixels():
     ramp = np.tile(
         np.arange(16, dtype=np.uint8)[None, :, None] * 16, (16, 1, 3)
@@ -262,6 +276,7 @@ def test_flip_rate_on_pixels():
         assert_rate(flipped, 0.5)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_color_jitter_and_grayscale_rates_on_pixels():
     image = np.full((16, 16, 3), [200, 90, 40], np.uint8)
     base = np.array([200, 90, 40]) / 255
@@ -279,6 +294,7 @@ def test_color_jitter_and_grayscale_rates_on_pixels():
         assert_rate(np.ptp(pixel, axis=-1) < 1e-4, 0.2)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_blur_and_solarize_rates_on_pixels():
     checker = (np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8)
     checker = np.repeat(checker[..., None], 3, axis=-1)

@@ -6,6 +6,10 @@ from scipy import stats
 
 from keras_dino.data.random_resized_crop import sample_crop_boxes
 
+# tf.data only (keras_dino.data never reads the Keras backend): these run
+# in the tensorflow pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("tensorflow")
+
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 N = 4000
 P_MIN = 1e-3  # deterministic seeds: the tests cannot flake

@@ -57,6 +57,7 @@ def folder(tmp_path, image_folders, jpeg):
     return tmp_path
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_image_folder_skips_and_reports_bad_files(folder):
     report = BadFileReport()
     ds = from_image_folder(
@@ -92,6 +93,7 @@ def test_report_callback_prints_at_epoch_end(capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_image_folder_is_deterministic_and_reshuffles(folder):
     def first(ds):
         return [c.numpy() for c in next(iter(ds))]
@@ -107,6 +109,7 @@ def test_image_folder_is_deterministic_and_reshuffles(folder):
     assert not np.allclose(epoch1[0], epoch2[0])
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_image_kinds_in_a_flat_folder(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
@@ -136,6 +139,7 @@ def test_image_kinds_in_a_flat_folder(tmp_path):
     assert report.bad_files == []
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_odd_image_kinds_decode_like_pil(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
@@ -171,6 +175,7 @@ def test_odd_image_kinds_decode_like_pil(tmp_path):
     assert report.bad_files == [str(tmp_path / "truncated.png")]
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_empty_folders_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="No image file"):
         from_image_folder(tmp_path, small_augmentation(), batch_size=2)
@@ -182,6 +187,7 @@ def test_empty_folders_are_clear_errors(tmp_path):
         from_image_folder(tmp_path / "missing", batch_size=2)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_from_arrays_labels_and_sharding():
     images = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3))
     images = images.astype(np.uint8)
@@ -212,6 +218,7 @@ def test_from_arrays_labels_and_sharding():
     np.testing.assert_array_equal(next(iter(shard))[1], [1, 3, 5, 7, 9])
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_from_arrays_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="shape"):
         from_arrays(np.zeros((4, 8, 8, 2), np.uint8), batch_size=2)
@@ -223,6 +230,7 @@ def test_from_arrays_bad_input_is_a_clear_error():
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), num_shards=2)
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_from_npz_and_evaluation_transform(cifar_sample, tmp_path):
     images, labels, _ = cifar_sample
     # 100 real images enlarged to 64 px (pixel repetition).
@@ -247,6 +255,7 @@ def test_from_npz_and_evaluation_transform(cifar_sample, tmp_path):
     np.testing.assert_array_equal(labels, np.load(path)["labels"][:32])
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_center_crop_matches_pil(jpeg):
     image = np.asarray(Image.open(jpeg).convert("RGB"))
     image = np.asarray(Image.fromarray(image).resize((300, 224)))
@@ -258,6 +267,7 @@ def test_center_crop_matches_pil(jpeg):
     assert np.abs(out * std + mean - ref).mean() < 0.01
 
 
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
 def test_from_tfds_offline_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=8):

@@ -18,6 +18,10 @@ from keras_dino.data import load_labeled_images
 from keras_dino.data import load_npz
 from keras_dino.data import parse_source
 
+# tf.data only (keras_dino.data never reads the Keras backend): these run
+# in the tensorflow pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("tensorflow")
+
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
 STD = np.array([0.229, 0.224, 0.225], "float32")
 

@@ -34,6 +34,10 @@ from keras_dino.weights.errors import CheckpointFormatError
 from keras_dino.weights.safetensors_reader import load_safetensors
 from keras_dino.weights.torch_pickle import load_torch_file
 
+# The readers are NumPy-only whatever the Keras backend: these run in the
+# torch pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("torch")
+
 SEED = 13
 TIME_BUDGET_S = 15.0
 PER_INPUT_S = 10.0

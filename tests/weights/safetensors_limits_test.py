@@ -10,6 +10,10 @@ from keras_dino.weights.errors import CheckpointFormatError
 from keras_dino.weights.safetensors_reader import load_safetensors
 from keras_dino.weights.safetensors_reader import load_safetensors_metadata
 
+# The readers are NumPy-only whatever the Keras backend: these run in the
+# torch pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("torch")
+
 _DATA = np.arange(8, dtype="<f4").tobytes()  # 32 bytes
 
 

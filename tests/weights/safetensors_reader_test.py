@@ -8,6 +8,10 @@ from safetensors.torch import save_file
 from keras_dino.weights.safetensors_reader import load_safetensors
 from keras_dino.weights.safetensors_reader import load_safetensors_metadata
 
+# The readers are NumPy-only whatever the Keras backend: these run in the
+# torch pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("torch")
+
 
 def test_matches_safetensors_for_every_dtype(tmp_path):
     g = torch.Generator().manual_seed(0)

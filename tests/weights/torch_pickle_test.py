@@ -18,6 +18,10 @@ from keras_dino.weights.torch_pickle import CheckpointArgs
 from keras_dino.weights.torch_pickle import UnsafeCheckpointError
 from keras_dino.weights.torch_pickle import load_torch_file
 
+# The readers are NumPy-only whatever the Keras backend: these run in the
+# torch pass of the test command (tests/conftest.py).
+pytestmark = pytest.mark.backend_pass("torch")
+
 
 def _to_numpy(tensor):
     tensor = tensor.detach()
