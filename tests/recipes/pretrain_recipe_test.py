@@ -271,7 +271,11 @@ def _run_recipe(name, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_pass("torch")
 def test_demo_recipe_end_to_end(tmp_path, cifar_sample):
+    # In the torch pass only: recipes/demo.sh runs on PyTorch unless told
+    # otherwise, and the two recipes it chains (pretrain, eval_knn) are
+    # tested end to end on every backend by the tests around this one.
     # 400 held-out images (not the demo's 5,000: feature extraction of
     # 10,000 images would be most of this test's time).
     images, labels, _ = cifar_sample
