@@ -649,9 +649,10 @@ class DINO(keras.Model):
                 `jit_compile` keeps Keras's meaning and default ("auto":
                 XLA on JAX; off for TensorFlow on a machine without an
                 accelerator; off on PyTorch). For long TensorFlow runs on
-                a CPU, `jit_compile=True` is faster (CFG-C of
-                `benchmarks/train_step.py`: about 1.3x the images/s and
-                less memory) once its first step has compiled. On PyTorch,
+                a CPU, `jit_compile=True` is faster once its first step
+                has compiled (`benchmarks/train_step.py` on 2 cores: 1.25x
+                the images/s on CFG-C, 1.2x on CFG-T, and less memory).
+                On PyTorch,
                 `True` means `torch.compile`, which this step does not
                 suit (warned).
         """
