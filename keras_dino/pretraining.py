@@ -5,6 +5,7 @@ the same from Python. Configurations use the reference's flag names (see
 `keras_dino.configs`).
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -228,17 +229,30 @@ class ReaderStream:
         self.reader = reader
         self.bad_file_report = reader.bad_file_report
 
-    def dataset(self, steps_per_epoch, initial_epoch=0):
-        """The reader, set to start at `initial_epoch`."""
-        if int(steps_per_epoch) != len(self.reader):
+    # Each worker can read its own share (`ImageFolderDataset.sharded`).
+    shardable = True
+
+    def dataset(
+        self,
+        steps_per_epoch,
+        initial_epoch=0,
+        num_shards=None,
+        shard_index=None,
+    ):
+        """The reader (or its shard `shard_index` of `num_shards`), set to
+        start at `initial_epoch`."""
+        reader = self.reader
+        if num_shards is not None:
+            reader = reader.sharded(num_shards, shard_index)
+        if int(steps_per_epoch) != len(reader):
             raise ValueError(
-                f"The image-folder reader has {len(self.reader)} batches "
+                f"The image-folder reader has {len(reader)} batches "
                 f"per epoch but the run takes {steps_per_epoch} steps per "
                 "epoch; with augment_on='device' leave steps_per_epoch "
                 "unset (or equal to the reader's batches per epoch)."
             )
-        self.reader.set_epoch(int(initial_epoch))
-        return self.reader
+        reader.set_epoch(int(initial_epoch))
+        return reader
 
 
 def device_input(config, image_folder, workers=None, bad_file_report=None):
@@ -279,9 +293,17 @@ class EpochStream:
     so a run resumed at epoch `e` sees exactly the data that an
     uninterrupted run would have seen next (not the first epoch's again).
 
+    A stream whose `make_epoch` also takes `num_shards` and `shard_index`
+    is shardable: with several workers `pretrain` has each worker read
+    and augment only its share (batches `i, i + n, ...` of the unsharded
+    stream, of `batch_size / n` images each; see
+    `keras_dino.data.pipeline.seeded`). Otherwise each worker makes every
+    global batch and keeps its slice.
+
     Args:
         make_epoch: callable `seed -> tf.data.Dataset` of one epoch of
-            batches; `seed` is an int64 scalar tensor.
+            batches; `seed` is an int64 scalar tensor. Optionally
+            `(seed, num_shards=None, shard_index=None)`.
         seed: int, the run's seed.
     """
 
@@ -291,11 +313,32 @@ class EpochStream:
         # A `BadFileReport` that `pretrain` adds to the callbacks.
         self.bad_file_report = None
 
-    def dataset(self, steps_per_epoch, initial_epoch=0):
+    @property
+    def shardable(self):
+        """Whether `make_epoch` takes `num_shards` and `shard_index`."""
+        parameters = inspect.signature(self.make_epoch).parameters
+        return "num_shards" in parameters and "shard_index" in parameters
+
+    def dataset(
+        self,
+        steps_per_epoch,
+        initial_epoch=0,
+        num_shards=None,
+        shard_index=None,
+    ):
         """Infinite dataset: `steps_per_epoch` batches per epoch, from
-        `initial_epoch` on."""
+        `initial_epoch` on; with `num_shards`, shard `shard_index`'s
+        batches only (a shardable stream)."""
         import tensorflow as tf
 
+        shards = {}
+        if num_shards is not None:
+            if not self.shardable:
+                raise ValueError(
+                    "This stream's `make_epoch` takes no `num_shards` and "
+                    "`shard_index` arguments, so it cannot be sharded."
+                )
+            shards = {"num_shards": num_shards, "shard_index": shard_index}
         steps = int(steps_per_epoch)
         seed = self.seed
 
@@ -305,11 +348,23 @@ class EpochStream:
             # would compare the tensor seed with 0 in Python and fail).
             tf.compat.v1.get_default_graph().seed = None
             epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-            return self.make_epoch(epoch_seed).repeat().take(steps)
+            return self.make_epoch(epoch_seed, **shards).repeat().take(steps)
 
         return tf.data.Dataset.range(int(initial_epoch), 1 << 40).flat_map(
             one_epoch
         )
+
+
+def _shard_batch_size(batch_size, num_shards):
+    """The batch of one of `num_shards` workers."""
+    if num_shards is None:
+        return batch_size
+    if batch_size % num_shards:
+        raise ValueError(
+            f"The batch size {batch_size} does not split evenly between "
+            f"{num_shards} workers; give a multiple of {num_shards}."
+        )
+    return batch_size // num_shards
 
 
 def pretraining_dataset(
@@ -351,13 +406,15 @@ def pretraining_dataset(
             images, labels = images[:max_images], labels[:max_images]
         num_images = len(images)
 
-        def make_epoch(epoch_seed):
+        def make_epoch(epoch_seed, num_shards=None, shard_index=None):
             return data.from_arrays(
                 images,
                 labels,
                 augmentation,
-                batch_size=batch_size,
+                batch_size=_shard_batch_size(batch_size, num_shards),
                 seed=epoch_seed,
+                num_shards=num_shards,
+                shard_index=shard_index,
             )
 
     elif image_folder is not None:
@@ -374,13 +431,15 @@ def pretraining_dataset(
             len(files) if not max_images else min(len(files), max_images)
         )
 
-        def make_epoch(epoch_seed):
+        def make_epoch(epoch_seed, num_shards=None, shard_index=None):
             dataset = data.from_image_folder(
                 image_folder,
                 augmentation,
-                batch_size=batch_size,
+                batch_size=_shard_batch_size(batch_size, num_shards),
                 seed=epoch_seed,
                 bad_file_report=bad_file_report,
+                num_shards=num_shards,
+                shard_index=shard_index,
             )
             if max_images:
                 dataset = dataset.take(max_images // batch_size)
@@ -402,14 +461,16 @@ def pretraining_dataset(
                 "steps_per_epoch explicitly."
             )
 
-        def make_epoch(epoch_seed):
+        def make_epoch(epoch_seed, num_shards=None, shard_index=None):
             dataset = data.from_tfds(
                 tfds_name,
                 augmentation,
                 split=tfds_split,
                 data_dir=tfds_data_dir,
-                batch_size=batch_size,
+                batch_size=_shard_batch_size(batch_size, num_shards),
                 seed=epoch_seed,
+                num_shards=num_shards,
+                shard_index=shard_index,
             )
             if max_images:
                 dataset = dataset.take(max_images // batch_size)
@@ -657,14 +718,15 @@ def _train(
     if isinstance(dataset, (EpochStream, ReaderStream)):
         if dataset.bad_file_report is not None:
             report_callbacks.append(dataset.bad_file_report)
-        dataset = dataset.dataset(steps_per_epoch, initial_epoch)
-    dataset = _shard_by_batch_slices(dataset, strategy)
+    dataset, sharded = _worker_input(
+        dataset, steps_per_epoch, initial_epoch, strategy, config["batch_size"]
+    )
     writers = [EpochCheckpoint(os.path.join(save_dir, "checkpoints"))]
     if chief:
         writers += logging_callbacks(save_dir)
     # keras.distribution (JAX) must be current while `fit` runs.
     scope = strategy.scope() if jax_distribution else _null_scope()
-    with scope:
+    with scope, _keras_sharding_off(strategy if sharded else None):
         if initial_epoch >= last_epoch:
             print(f"{initial_epoch} of {config['epochs']} epochs are done.")
             history = None
@@ -734,6 +796,84 @@ def _prepare_output_dir(
             "that all hosts share."
         )
     return latest
+
+
+def _worker_input(stream, steps_per_epoch, initial_epoch, strategy, batch):
+    """`fit`'s input on this worker: its share of every global batch.
+
+    A shardable stream (`EpochStream` of the readers, `ReaderStream`)
+    reads, decodes and augments only this worker's share: shard `i` of
+    `n` is batches `i, i + n, ...` of the stream at `batch / n` images,
+    so the workers' batches of a step are together the one-worker global
+    batch, in worker order. Keras and `tf.distribute` then must not shard
+    again (`_keras_sharding_off`; a `DistributedDatasetsFromFunction`).
+    Any other input is split after it is made (`_shard_by_batch_slices`).
+
+    Returns:
+        `(dataset, sharded)`: `sharded` is true for a worker's own share.
+    """
+    workers = distribution_lib.num_workers(strategy)
+    stream_types = (EpochStream, ReaderStream)
+    if not isinstance(stream, stream_types):
+        return _shard_by_batch_slices(stream, strategy), False
+    if workers == 1 or not stream.shardable:
+        dataset = stream.dataset(steps_per_epoch, initial_epoch)
+        return _shard_by_batch_slices(dataset, strategy), False
+    _shard_batch_size(batch, workers)
+    if not distribution_lib.is_tf_strategy(strategy):
+        dataset = stream.dataset(
+            steps_per_epoch,
+            initial_epoch,
+            num_shards=workers,
+            shard_index=distribution_lib.worker_index(strategy),
+        )
+        return dataset, True
+    if isinstance(stream, ReaderStream):
+        raise ValueError(
+            "The device augmentation's reader (augment_on='device') cannot "
+            "feed a tf.distribute strategy with several workers; use the "
+            "JAX backend (keras.distribution), or augment_on='host'."
+        )
+    replicas = strategy.num_replicas_in_sync
+    per_replica = _shard_batch_size(batch, replicas)
+
+    def per_worker(context):
+        dataset = stream.dataset(
+            steps_per_epoch,
+            initial_epoch,
+            num_shards=context.num_input_pipelines,
+            shard_index=context.input_pipeline_id,
+        )
+        if replicas != context.num_input_pipelines:
+            # The worker's batch, split between its local replicas.
+            dataset = dataset.rebatch(per_replica)
+        return dataset
+
+    return strategy.distribute_datasets_from_function(per_worker), True
+
+
+class _keras_sharding_off:
+    """Turns off keras.distribution's own sharding of already sharded input.
+
+    JAX's `DataParallel` slices each process's share out of the dataset it
+    is given unless `auto_shard_dataset` is false; it is restored on exit.
+    """
+
+    def __init__(self, strategy):
+        self.distribution = None
+        if distribution_lib.is_keras_distribution(strategy):
+            self.distribution = strategy
+
+    def __enter__(self):
+        if self.distribution is not None:
+            self.saved = self.distribution.auto_shard_dataset
+            self.distribution.auto_shard_dataset = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.distribution is not None:
+            self.distribution.auto_shard_dataset = self.saved
+        return False
 
 
 def _shard_by_batch_slices(dataset, strategy):

@@ -354,10 +354,13 @@ def _device_input(config, strategy):
             "--max_images is not available with --augment_on=device; "
             "point --data_path at a smaller folder."
         )
-    if strategy is not None:
+    from keras_dino.utils import distribution as distribution_lib
+
+    if distribution_lib.is_tf_strategy(strategy):
         raise app.UsageError(
-            "--augment_on=device trains on one device here; give "
-            "--distribution=none, or --augment_on=host to train on many."
+            "--augment_on=device cannot feed a tf.distribute strategy; train "
+            "on many devices with the JAX backend (--distribution=jax), or "
+            "give --augment_on=host on TensorFlow."
         )
     recipe_flags.require(
         "pretrain",

@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from keras_dino.utils import distribution as distribution_lib
 
@@ -68,6 +69,10 @@ from keras_dino import configs
 from keras_dino import pretraining
 
 
+# The (num_shards, shard_index) of each epoch this process made.
+SHARDS = []
+
+
 def tiny_run(config_overrides, global_batch, steps):
     config = configs.get_config("cifar10_vit_tiny", **config_overrides)
     rng = np.random.default_rng(0)
@@ -76,14 +81,42 @@ def tiny_run(config_overrides, global_batch, steps):
         for s in (32, 32, 16, 16)
     )
 
-    def make_epoch(seed):
+    def make_epoch(seed, num_shards=None, shard_index=None):
+        # Shardable, as the library's readers: a worker asked for shard i
+        # of n gets runs i, i + n, ... of global_batch / n crops.
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices(crops).batch(
-            global_batch, drop_remainder=True
-        )
+        from keras_dino.data import pipeline
+
+        SHARDS.append([num_shards, shard_index])
+        dataset = tf.data.Dataset.from_tensor_slices(crops)
+        batch = global_batch
+        if num_shards is not None:
+            batch = global_batch // num_shards
+            dataset = pipeline.shard_batches(
+                dataset, batch, num_shards, shard_index
+            )
+        return dataset.batch(batch, drop_remainder=True)
 
     return config, pretraining.EpochStream(make_epoch, seed=0)
+
+
+def device_run(config_overrides, global_batch, folder):
+    # The device augmentation's input: an image folder read with PIL,
+    # crops made inside the step. Each call to `sharded` is recorded.
+    config = configs.get_config(
+        "cifar10_vit_tiny",
+        **dict(config_overrides, augment_on="device", canvas_size=40),
+    )
+    stream, _ = pretraining.device_input(config, folder, workers=1)
+    sharded = stream.reader.sharded
+
+    def recorded(num_shards, shard_index):
+        SHARDS.append([num_shards, shard_index])
+        return sharded(num_shards, shard_index)
+
+    stream.reader.sharded = recorded
+    return config, stream
 
 
 def weights_of(model):
@@ -145,7 +178,7 @@ sys.addaudithook(audit)
 
 import numpy as np
 
-from common import tiny_run, weights_of
+from common import SHARDS, device_run, tiny_run, weights_of
 from keras_dino import pretraining
 from keras_dino.utils import distribution as distribution_lib
 
@@ -176,8 +209,13 @@ class Die(keras.callbacks.Callback):
 
 
 
-def run(distribution, output_dir, result):
-    config, stream = tiny_run(config_overrides, global_batch, steps)
+def run(distribution, output_dir, result, image_folder=None):
+    if image_folder:
+        config, stream = device_run(
+            config_overrides, global_batch, image_folder
+        )
+    else:
+        config, stream = tiny_run(config_overrides, global_batch, steps)
     model, history = pretraining.pretrain(
         config, stream, steps, output_dir, verbose=0,
         strategy=distribution, stop_after_epochs=stop_after,
@@ -202,7 +240,9 @@ def run(distribution, output_dir, result):
             "loss": history.history["loss"] if history else None,
             "moved": moved,
             "writes": list(writes),
+            "shards": sorted(set(map(tuple, SHARDS))),
         }, f)
+    SHARDS.clear()
 
 
 if kind == "jax_devices":
@@ -211,6 +251,12 @@ if kind == "jax_devices":
     run(None, output_dir + "_reference", result + ".reference")
     writes.clear()
 run(distribution, output_dir, result)
+folder = os.environ.get("IMAGE_FOLDER")
+if folder:
+    # The same with the device augmentation and its image-folder reader.
+    if kind == "jax_devices":
+        run(None, output_dir + "_dreference", result + ".dreference", folder)
+    run(distribution, output_dir + "_device", result + ".device", folder)
 """
 
 
@@ -355,9 +401,17 @@ def test_jax_data_parallel_devices_and_processes_equal_one_device(tmp_path):
         "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
     }
+    # STEPS global batches of small photos of different sizes.
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in range(GLOBAL_BATCH * STEPS):
+        size = (32 + n % 9, 40 - n % 7)
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{n:02d}.png")
     # All workers start at once; the first runs the one-device reference
-    # and then the 2-device run.
-    one_epoch = {"STOP_AFTER": "1"}
+    # and then the 2-device run, and both again with the device input.
+    one_epoch = {"STOP_AFTER": "1", "IMAGE_FOLDER": str(folder)}
     local = _start(
         tmp_path, "jax_devices", tmp_path / "local", 0, "jax", one_epoch
     )
@@ -376,6 +430,9 @@ def test_jax_data_parallel_devices_and_processes_equal_one_device(tmp_path):
         local_info = _finish(local, deadline)
         reference_info = _finish(local, deadline, ".reference")
         infos = [_finish(p, deadline) for p in processes]
+        device_reference = _finish(local, deadline, ".dreference")
+        device_infos = [_finish(p, deadline, ".device") for p in processes]
+        device_infos.append(_finish(local, deadline, ".device"))
     finally:
         for p in [local] + processes:
             if p.poll() is None:
@@ -389,6 +446,17 @@ def test_jax_data_parallel_devices_and_processes_equal_one_device(tmp_path):
         _assert_same_run(reference, info)
     _assert_only_chief_wrote(infos)
     assert reference_info["moved"] >= 8  # The steps moved the weights.
+    # One process feeds both local devices; each of 2 processes made
+    # only its own half of every global batch.
+    assert reference_info["shards"] == local_info["shards"] == [[None, None]]
+    assert [i["shards"] for i in infos] == [[[2, 0]], [[2, 1]]]
+    # The device augmentation: 2 processes (each reading its half of every
+    # batch) and 2 local devices equal one device; the run trained.
+    reference = (device_reference["weights"], device_reference["loss"])
+    for info in device_infos:
+        _assert_same_run(reference, info)
+    assert [i["shards"] for i in device_infos] == [[[2, 0]], [[2, 1]], []]
+    assert device_reference["moved"] >= 8
 
 
 def _tf_config(ports, index):
@@ -456,6 +524,8 @@ def test_tensorflow_multi_worker_equals_one_worker_and_resumes(tmp_path):
     for info in infos:
         assert len(info["loss"]) == 1  # Epoch 2 only: it resumed.
         _assert_same_run(reference, info)
+    # Each worker made only its own half of every global batch.
+    assert sorted(i["shards"] for i in infos) == [[[2, 0]], [[2, 1]]]
     _assert_only_chief_wrote(infos)
     assert (run_dir / "teacher_backbone.keras").exists()
     assert reference[2] >= 8  # The steps did move the weights.

@@ -80,7 +80,9 @@ def from_arrays(
         seed: int seed of the shuffling and of the augmentation.
         drop_remainder: whether to drop the last incomplete batch.
         shuffle_buffer_size: defaults to `N`.
-        num_shards: optional explicit sharding (e.g. number of workers).
+        num_shards: optional sharding (e.g. the number of workers): shard
+            `i` yields batches `i, i + num_shards, ...` of the unsharded
+            dataset with the same seed, and augments only its own images.
         shard_index: the shard to keep, in `[0, num_shards)`.
         num_parallel_calls: parallelism of the augmentation.
         deterministic: keep the element order under parallel maps; by
@@ -110,6 +112,7 @@ def from_arrays(
         shuffle_buffer_size or len(images),
         num_shards,
         shard_index,
+        batch_size,
     )
     return pipeline.augment_and_batch(
         dataset,

@@ -164,8 +164,10 @@ def from_image_folder(
             evaluation).
         shuffle_buffer_size: defaults to the number of files (paths are
             small).
-        num_shards: optional explicit sharding (e.g. the number of
-            workers), applied to the file list before any decoding.
+        num_shards: optional sharding (e.g. the number of workers): shard
+            `i` yields batches `i, i + num_shards, ...` of the unsharded
+            dataset with the same seed (without bad files), and reads,
+            decodes and augments only its own files.
         shard_index: the shard to keep, in `[0, num_shards)`.
         num_parallel_calls: parallelism of decoding and augmentation.
         deterministic: keep the element order under parallel maps; by
@@ -204,6 +206,7 @@ def from_image_folder(
         shuffle_buffer_size or len(paths),
         num_shards,
         shard_index,
+        batch_size,
     )
     dataset = decode_files(dataset, report, num_parallel_calls)
     return pipeline.augment_and_batch(

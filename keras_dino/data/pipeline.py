@@ -1,4 +1,4 @@
-"""The `tf.data` steps shared by all readers: shard, shuffle, seed, augment,
+"""The `tf.data` steps shared by all readers: shuffle, seed, shard, augment,
 batch, prefetch."""
 
 import tensorflow as tf
@@ -42,9 +42,26 @@ def check_sharding(num_shards, shard_index):
 
 
 def seeded(
-    dataset, seed, shuffle, shuffle_buffer_size, num_shards, shard_index
+    dataset,
+    seed,
+    shuffle,
+    shuffle_buffer_size,
+    num_shards,
+    shard_index,
+    batch_size=None,
 ):
-    """Shards, shuffles and pairs every element with a random int64 seed.
+    """Shuffles, pairs every element with a random int64 seed, and shards.
+
+    Sharding comes after the shuffle and the seeds, and before any
+    decoding or augmentation: shard `i` of `n` keeps the runs of
+    `batch_size` elements `i, i + n, i + 2n, ...` of the unsharded stream.
+    So, batched by `batch_size`, shard `i` yields batches `i, i + n, ...`
+    of the unsharded dataset with the same seed (the same images, with
+    the same augmentation seeds), the shards are disjoint, and the `n`
+    shards' batches of one step together are the unsharded stream's
+    batch of `n * batch_size`. Each shard only shuffles the sources (file
+    paths, array rows), which is cheap; it decodes and augments its own
+    images only.
 
     Args:
         dataset: dataset of `(source, label)` pairs, `source` being an image
@@ -54,20 +71,39 @@ def seeded(
         shuffle_buffer_size: shuffle buffer size.
         num_shards: optional number of shards (e.g. workers).
         shard_index: index of the shard to keep.
+        batch_size: the batch size of the shard (needed with
+            `num_shards`).
 
     Returns:
         Dataset of `(source, label, element_seed)`. The element seeds are
         deterministic given `seed` and change every epoch.
     """
-    if num_shards is not None:
-        dataset = dataset.shard(num_shards, shard_index)
     if shuffle:
         dataset = dataset.shuffle(
             shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True
         )
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(dataset, seeds).map(
+    dataset = tf.data.Dataset.zip(dataset, seeds).map(
         lambda pair, s: (pair[0], pair[1], s)
+    )
+    if num_shards is not None:
+        dataset = shard_batches(dataset, batch_size, num_shards, shard_index)
+    return dataset
+
+
+def shard_batches(dataset, batch_size, num_shards, shard_index):
+    """Keeps the runs of `batch_size` elements `shard_index + k * num_shards`.
+
+    Batched by `batch_size`, the result is batches `shard_index,
+    shard_index + num_shards, ...` of `dataset` batched the same way; a
+    last incomplete run is dropped.
+    """
+    check_batch_size(batch_size)
+    check_sharding(num_shards, shard_index)
+    return (
+        dataset.batch(batch_size, drop_remainder=True)
+        .shard(num_shards, shard_index)
+        .unbatch()
     )
 
 

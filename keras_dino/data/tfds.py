@@ -58,7 +58,10 @@ def from_tfds(
         seed: int seed of the shuffling and of the augmentation.
         drop_remainder: whether to drop the last incomplete batch.
         shuffle_buffer_size: size of the example shuffle buffer.
-        num_shards: optional explicit sharding (e.g. number of workers).
+        num_shards: optional sharding (e.g. the number of workers): shard
+            `i` yields batches `i, i + num_shards, ...` of the unsharded
+            dataset with the same seed, and augments only its own images
+            (TFDS still reads and decodes every example on each shard).
         shard_index: the shard to keep, in `[0, num_shards)`.
         num_parallel_calls: parallelism of the augmentation.
         deterministic: keep the element order under parallel maps; by
@@ -102,7 +105,13 @@ def from_tfds(
 
     dataset = dataset.map(select, num_parallel_calls=num_parallel_calls)
     dataset = pipeline.seeded(
-        dataset, seed, shuffle, shuffle_buffer_size, num_shards, shard_index
+        dataset,
+        seed,
+        shuffle,
+        shuffle_buffer_size,
+        num_shards,
+        shard_index,
+        batch_size,
     )
     return pipeline.augment_and_batch(
         dataset,

@@ -1,5 +1,7 @@
 """A TensorFlow-free image folder reader: PIL decoding, NumPy batches."""
 
+import copy
+
 import keras
 import numpy as np
 
@@ -101,9 +103,15 @@ class ImageFolderDataset(keras.utils.PyDataset):
         seed: int seed of the order and the crop parameters; `None` takes
             the sampler's seed (random if the sampler has none).
         bad_file_report: optional `BadFileReport`.
-        num_shards: split the files into this many disjoint shards (one
-            per host) ...
-        shard_index: ... and read this one.
+        num_shards: optional sharding (e.g. one shard per host): batch `m`
+            of shard `i` is part `i` (of `num_shards` parts of
+            `batch_size` images) of batch `m` of the unsharded reader of
+            `num_shards * batch_size` images and the same seed: the same
+            files and crop parameters. So the shards are disjoint, and
+            together they make the unsharded reader's batches. Only a bad
+            file's replacement (the next good file of the epoch's order)
+            may come from another shard's part. See `sharded`.
+        shard_index: the shard to read, in `[0, num_shards)`.
         **kwargs: `keras.utils.PyDataset` arguments: `workers`,
             `use_multiprocessing`, `max_queue_size`.
 
@@ -151,12 +159,12 @@ class ImageFolderDataset(keras.utils.PyDataset):
                 f"{num_shards}, shard_index={shard_index}"
             )
         paths, _, _ = list_image_files(root, bad_file_report)
-        if num_shards is not None:
-            paths = paths[shard_index::num_shards]
-        if len(paths) < batch_size:
+        self.num_shards = 1 if num_shards is None else int(num_shards)
+        self.shard_index = 0 if shard_index is None else int(shard_index)
+        if len(paths) < batch_size * self.num_shards:
             raise ValueError(
-                f"{len(paths)} image files in {root!r} (this shard) make no "
-                f"full batch of {batch_size}."
+                f"{len(paths)} image files in {root!r} make no full batch "
+                f"of {batch_size} for each of {self.num_shards} shard(s)."
             )
         self.root = root
         self.paths = paths
@@ -187,7 +195,34 @@ class ImageFolderDataset(keras.utils.PyDataset):
         )
 
     def __len__(self):
-        return len(self.paths) // self.batch_size
+        return len(self.paths) // self.batch_size // self.num_shards
+
+    def sharded(self, num_shards, shard_index):
+        """This reader's shard `shard_index` of `num_shards`, with
+        `batch_size / num_shards` images per batch (see `num_shards`):
+        its batch `m` is part `shard_index` of this reader's batch `m`.
+        """
+        if self.num_shards != 1:
+            raise ValueError("This reader is already a shard.")
+        if self.batch_size % num_shards:
+            raise ValueError(
+                f"The batch size {self.batch_size} does not split evenly "
+                f"between {num_shards} shards; give a multiple of "
+                f"{num_shards}."
+            )
+        if self.batch_size // num_shards < 1 or not (
+            0 <= shard_index < num_shards
+        ):
+            raise ValueError(
+                "Give 0 <= shard_index < num_shards <= batch_size. Received: "
+                f"num_shards={num_shards}, shard_index={shard_index}"
+            )
+        # A copy, not a new reader: the folder is not listed again.
+        shard = copy.copy(self)
+        shard.batch_size = self.batch_size // num_shards
+        shard.num_shards = int(num_shards)
+        shard.shard_index = int(shard_index)
+        return shard
 
     def set_epoch(self, epoch):
         """Makes `epoch` the next epoch `fit` reads (e.g. on resume)."""
@@ -238,7 +273,8 @@ class ImageFolderDataset(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"Batch {index} of {len(self)}.")
         order = self._order()
-        start = index * self.batch_size
+        # Part `shard_index` of the unsharded reader's batch `index`.
+        start = (index * self.num_shards + self.shard_index) * self.batch_size
         # Replacements for bad files: the files after this batch, in order.
         candidates = (
             order[(start + k) % len(order)] for k in range(len(order))
@@ -261,5 +297,14 @@ class ImageFolderDataset(keras.utils.PyDataset):
         for k, image in enumerate(images):
             canvas[k, : image.shape[0], : image.shape[1]] = image
         shapes = [image.shape[:2] for image in images]
+        # The draws of the whole unsharded batch, and this shard's part.
         rng = np.random.default_rng([self.seed, self.epoch, 2, index])
-        return {"images": canvas, **self.sampler.sample(shapes, rng)}
+        draws = self.sampler.draw_uniforms(
+            self.batch_size * self.num_shards, rng
+        )
+        part = draws[self.shard_index * self.batch_size :][: self.batch_size]
+        shapes = np.asarray(shapes, np.int64)
+        params = self.sampler.params_from_uniforms(
+            part, shapes[:, :1], shapes[:, 1:]
+        )
+        return {"images": canvas, **params}

@@ -325,10 +325,26 @@ class MultiCropSampler:
             rng = self._rng
         elif not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
-        u = rng.random(
-            (len(shapes), self.num_crops, UNIFORMS_PER_CROP), np.float32
-        )
+        u = self.draw_uniforms(len(shapes), rng)
         return self.params_from_uniforms(u, shapes[:, :1], shapes[:, 1:])
+
+    def draw_uniforms(self, count, rng):
+        """The uniform draws of `count` images' crops, in image order.
+
+        `sample` turns them into parameters with `params_from_uniforms`;
+        image `k`'s draws do not depend on the images' shapes, so a slice
+        of one batch's draws gives the same crops as the whole batch.
+
+        Args:
+            count: number of images.
+            rng: a `numpy.random.Generator`.
+
+        Returns:
+            float32 array `(count, num_crops, UNIFORMS_PER_CROP)`.
+        """
+        return rng.random(
+            (count, self.num_crops, UNIFORMS_PER_CROP), np.float32
+        )
 
     def get_config(self):
         return {

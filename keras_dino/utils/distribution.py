@@ -312,6 +312,23 @@ def num_workers(distribution=None):
     return 1
 
 
+def worker_index(distribution=None):
+    """This worker's place in `[0, num_workers)`: the chief (or worker 0)
+    is 0; TensorFlow's workers follow a `chief` task, if any; JAX: the
+    process index."""
+    if num_workers(distribution) == 1:
+        return 0
+    if is_tf_strategy(distribution):
+        resolver = distribution.cluster_resolver
+        if resolver.task_type == "chief":
+            return 0
+        chiefs = len(resolver.cluster_spec().as_dict().get("chief", []))
+        return chiefs + int(resolver.task_id)
+    import jax
+
+    return jax.process_index()
+
+
 def gather_from_workers(distribution, value):
     """Every worker's integer `value`, in worker order (a barrier too).
 
@@ -324,10 +341,7 @@ def gather_from_workers(distribution, value):
     if is_tf_strategy(distribution):
         import tensorflow as tf
 
-        resolver = distribution.cluster_resolver
-        chiefs = len(resolver.cluster_spec().as_dict().get("chief", []))
-        index = 0 if resolver.task_type == "chief" else chiefs
-        index += 0 if resolver.task_type == "chief" else resolver.task_id
+        index = worker_index(distribution)
         # Each of the worker's replicas adds its share of the worker's row.
         share = 1.0 / len(distribution.extended.worker_devices)
         row = tf.one_hot(index, num_workers(distribution), dtype=tf.float64)
@@ -354,4 +368,5 @@ __all__ = [
     "num_replicas_in_sync",
     "num_workers",
     "scale_loss_for_replicas",
+    "worker_index",
 ]

@@ -204,18 +204,72 @@ def test_from_arrays_labels_and_sharding():
     assert len(batches) == 2
     check_crops(batches[0][0], 5)
     np.testing.assert_array_equal(batches[0][1], np.arange(5))
-    shard = from_arrays(
-        images,
-        np.arange(10),
-        small_augmentation(),
-        batch_size=5,
-        with_labels=True,
-        shuffle=False,
-        seed=0,
-        num_shards=2,
-        shard_index=1,
-    )
-    np.testing.assert_array_equal(next(iter(shard))[1], [1, 3, 5, 7, 9])
+
+
+def _batches(dataset, count):
+    return [
+        [np.asarray(t) for t in (*crops, labels)]
+        for crops, labels in dataset.take(count)
+    ]
+
+
+def _assert_shards_interleave(make, num_shards, num_batches):
+    """Shard `i` of `n` (batch b) yields batches `i, i + n, ...` of the
+    unsharded reader (batch b): same images, labels and crops; so the
+    shards of a step together are the unsharded batch of `n * b`."""
+    whole = _batches(make(), num_batches + 1)
+    assert len(whole) == num_batches
+    for index in range(num_shards):
+        shard = _batches(
+            make(num_shards=num_shards, shard_index=index), num_batches
+        )
+        assert len(shard) == len(range(index, num_batches, num_shards))
+        for step, batch in enumerate(shard):
+            expected = whole[step * num_shards + index]
+            for got, want in zip(batch, expected):
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
+def test_array_shards_are_the_unsharded_batches_in_turn():
+    images = np.random.default_rng(1).integers(0, 256, (13, 12, 12, 3))
+    images = images.astype(np.uint8)
+
+    def make(**shards):
+        return from_arrays(
+            images,
+            np.arange(13),
+            small_augmentation(),
+            batch_size=3,
+            with_labels=True,
+            seed=5,
+            **shards,
+        )
+
+    # 13 images: 4 batches of 3, 2 for each shard (the 13th is dropped).
+    _assert_shards_interleave(make, num_shards=2, num_batches=4)
+
+
+@pytest.mark.backend_pass("tensorflow")  # tf.data only
+def test_image_folder_shards_are_the_unsharded_batches_in_turn(
+    tmp_path, image_folders
+):
+    for cls in CLASSES:
+        shutil.copytree(image_folders / "train" / cls, tmp_path / cls)
+
+    def make(**shards):
+        return from_image_folder(
+            tmp_path,
+            small_augmentation(),
+            batch_size=2,
+            with_labels=True,
+            seed=3,
+            **shards,
+        )
+
+    count = len(list_image_files(tmp_path)[0])
+    # Batches 0, 3, ... for shard 0: uneven shard lengths are kept.
+    _assert_shards_interleave(make, num_shards=3, num_batches=count // 2)
 
 
 @pytest.mark.backend_pass("tensorflow")  # tf.data only

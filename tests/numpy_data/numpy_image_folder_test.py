@@ -84,14 +84,32 @@ def test_order_depends_on_seed_and_epoch_only(tmp_path):
         np.testing.assert_array_equal(a[key], b[key])
     assert not np.array_equal(a["images"], first_batch(1)["images"])
     assert not np.array_equal(a["boxes"], first_batch(0, seed=1)["boxes"])
-    shards = [
-        ImageFolderDataset(
-            root, SAMPLER, 2, canvas_size=16, num_shards=2, shard_index=i
-        ).paths
-        for i in range(2)
-    ]
-    assert not set(shards[0]) & set(shards[1])
-    assert len(shards[0]) + len(shards[1]) == 8
+
+
+def test_shards_are_parts_of_the_unsharded_batches(tmp_path):
+    """Batch `m` of shard `i` of `n` is part `i` of the unsharded reader's
+    batch `m` (same files, same crop parameters): the shards together
+    are the unsharded reader, whatever their number."""
+    root = write_folder(tmp_path, [(16 + k, 16) for k in range(14)], bad=False)
+    merged = ImageFolderDataset(root, SAMPLER, 6, canvas_size=32, seed=4)
+    merged.set_epoch(1)
+    assert len(merged) == 2
+    for num_shards in (2, 3):
+        part = 6 // num_shards
+        for index in range(num_shards):
+            shard = merged.sharded(num_shards, index)
+            assert shard.batch_size == part and len(shard) == 2
+            for step in range(len(shard)):
+                got, want = shard[step], merged[step]
+                for key in want:
+                    np.testing.assert_array_equal(
+                        got[key], want[key][index * part : (index + 1) * part]
+                    )
+    assert merged.batch_size == 6
+    with pytest.raises(ValueError, match="split evenly"):
+        merged.sharded(4, 0)
+    with pytest.raises(ValueError, match="already a shard"):
+        merged.sharded(2, 0).sharded(2, 0)
 
 
 def test_epochs_follow_keras_calls_and_set_epoch(tmp_path):
