@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from keras_dino.layers import DeviceMultiCropAugmentation
+from keras_dino.layers.device_multi_crop import gaussian_blur
 from keras_dino.numpy_data import MultiCropSampler
 
 GRAY = np.array([0.299, 0.587, 0.114], np.float32)
@@ -192,6 +193,30 @@ def test_pixel_ops_match_numpy():
         for k in range(4):
             expected = np_ops(images[b].astype(np.float64), p, b, k, 11)
             np.testing.assert_allclose(crops[k][b], expected, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "size, block_size", [(70, 32), (70, 7), (70, 70), (9, 32), (5, 2)]
+)
+def test_blocked_blur_matches_numpy(size, block_size):
+    """The banded blur in blocks (several, a last one that runs past the
+    crop, one block, a kernel wider than the crop) is the dense blur."""
+    rng = np.random.default_rng(size + block_size)
+    x = rng.random((2, 3, 3, size, size), dtype=np.float32)
+    sigma = rng.uniform(0.1, 2.0, (2, 3)).astype(np.float32)
+    blurred = keras.ops.convert_to_numpy(
+        gaussian_blur(
+            keras.ops.convert_to_tensor(x),
+            keras.ops.convert_to_tensor(sigma),
+            13,
+            block_size=block_size,
+        )
+    )
+    for b in range(2):
+        for k in range(3):
+            crop = x[b, k].transpose(1, 2, 0).astype(np.float64)
+            expected = np_blur(crop, sigma[b, k], 13).transpose(2, 0, 1)
+            np.testing.assert_allclose(blurred[b, k], expected, atol=2e-6)
 
 
 def test_matches_the_tf_data_pipeline():
