@@ -179,10 +179,12 @@ def gaussian_blur(x, sigma, kernel_size, block_size=32):
     block: the crop, padded by replicating its edges, is cut into
     overlapping windows of `block_size + kernel_size - 1` pixels (static
     slices), and each block of `block_size` outputs is one small matrix
-    product with the same band matrix. Matrix products run near peak speed
-    where 2 x 13 shifted multiply-adds would not, and the blocks do about
-    `(block_size + kernel_size - 1) / size` of the work of a dense
-    `(size, size)` matrix (a fifth for 224 px crops).
+    product with the same band matrix. The blocks do about
+    `(block_size + kernel_size - 1) / size` of the multiply-adds of a dense
+    `(size, size)` matrix per crop (a fifth for 224 px crops). Measured with
+    JAX on a 2-core CPU (the global and local crops of 32 images): 10.7
+    CPU-ms an image, against 13.3 for the dense matrices and 10.8 for
+    2 x 13 shifted multiply-adds.
 
     Args:
         x: float32 channels-first `(B, K, C, S, S)` crops.
