@@ -1,6 +1,7 @@
 """Keras layers of the DINO Vision Transformer and head."""
 
 from keras_dino.layers.attention import MultiHeadSelfAttention
+from keras_dino.layers.dense import Dense
 from keras_dino.layers.device_multi_crop import DeviceMultiCropAugmentation
 from keras_dino.layers.dino_head import DINOHead
 from keras_dino.layers.drop_path import DropPath
@@ -10,6 +11,7 @@ from keras_dino.layers.vit_block import ViTBlock
 
 __all__ = [
     "DINOHead",
+    "Dense",
     "DeviceMultiCropAugmentation",
     "DropPath",
     "ImagePreprocessing",

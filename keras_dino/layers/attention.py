@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_dino.layers.dense import Dense
+
 
 @keras.saving.register_keras_serializable(package="keras_dino")
 class MultiHeadSelfAttention(keras.layers.Layer):
@@ -37,14 +39,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.qkv_bias = bool(qkv_bias)
         self.head_dim = self.hidden_dim // self.num_heads
         init = keras.initializers.RandomNormal(stddev=0.02)
-        self.qkv = keras.layers.Dense(
+        self.qkv = Dense(
             3 * hidden_dim,
             use_bias=qkv_bias,
             kernel_initializer=init,
             dtype=self.dtype_policy,
             name="qkv",
         )
-        self.proj = keras.layers.Dense(
+        self.proj = Dense(
             hidden_dim,
             kernel_initializer=init,
             dtype=self.dtype_policy,

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_dino.layers.dense import Dense
+
 
 @keras.saving.register_keras_serializable(package="keras_dino")
 class DINOHead(keras.layers.Layer):
@@ -61,7 +63,7 @@ class DINOHead(keras.layers.Layer):
         self.norm_layers = []
         for i, width in enumerate(widths):
             self.dense_layers.append(
-                keras.layers.Dense(
+                Dense(
                     width,
                     kernel_initializer=init,
                     dtype=self.dtype_policy,

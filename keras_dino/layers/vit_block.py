@@ -3,6 +3,7 @@
 import keras
 
 from keras_dino.layers.attention import MultiHeadSelfAttention
+from keras_dino.layers.dense import Dense
 from keras_dino.layers.drop_path import DropPath
 
 
@@ -58,10 +59,10 @@ class ViTBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm2", **common
         )
-        self.mlp_fc1 = keras.layers.Dense(
+        self.mlp_fc1 = Dense(
             intermediate_dim, kernel_initializer=init, name="mlp_fc1", **common
         )
-        self.mlp_fc2 = keras.layers.Dense(
+        self.mlp_fc2 = Dense(
             hidden_dim, kernel_initializer=init, name="mlp_fc2", **common
         )
         self.drop_path = DropPath(
