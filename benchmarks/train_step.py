@@ -25,10 +25,18 @@ Usage:
         [--backends jax,tensorflow,tensorflow+xla,torch] \
         [--rounds 3] [--steps 6] [--dtype_policy float32|mixed_bfloat16]
         [--jit_compile auto|true|false] [--input auto|pydataset|tf.data]
+        [--allocator auto|keep|system]
 
 The Keras side gets the same batch at every step: through `tf.data` on
 TensorFlow, and through a `keras.utils.PyDataset` on JAX and PyTorch, so
 that no TensorFlow threads share the cores with their step (`--input`).
+
+`--allocator` chooses glibc's malloc settings per side:
+`keras_dino.utils.allocator.keep_freed_memory()` (freed memory kept for
+reuse instead of unmapped) or the system's defaults. `auto` (the default,
+as `recipes/pretrain.py` does) keeps freed memory on the PyTorch backend,
+and for the reference-style step it is compared with (the same engine; it
+was not faster for it), and leaves the defaults on JAX and TensorFlow.
 
 `--dtype_policy mixed_bfloat16` computes the backbones in bfloat16 (heads,
 loss and weights stay float32); the reference step stays float32, as the
@@ -259,6 +267,21 @@ def run_keras(
     _report(np.diff(stamps.times[WARMUP_STEPS - 1 :]), cfg["batch"])
 
 
+def _keep_freed_memory():
+    """`keras_dino.utils.allocator.keep_freed_memory()`, loaded from its
+    file: importing the package would import Keras (and its backends) into
+    the reference's process and add to its peak memory."""
+    import importlib.util
+
+    path = os.path.join(
+        os.path.dirname(HERE), "keras_dino", "utils", "allocator.py"
+    )
+    spec = importlib.util.spec_from_file_location("_allocator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.keep_freed_memory()
+
+
 def _jit_value(flag):
     return {"auto": "auto", "true": True, "false": False}[flag]
 
@@ -344,6 +367,8 @@ def _child(name, side, steps, args):
         "true" if xla else args.jit_compile,
         "--input",
         args.input,
+        "--allocator",
+        args.allocator,
     ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -408,12 +433,26 @@ def main():
         "TensorFlow, a PyDataset (no TensorFlow imported) elsewhere.",
     )
     parser.add_argument(
+        "--allocator",
+        default="auto",
+        choices=["auto", "keep", "system"],
+        help="keep: every side runs with "
+        "keras_dino.utils.allocator.keep_freed_memory(); system: glibc's "
+        "defaults; auto (as recipes/pretrain.py): keep for the PyTorch "
+        "backend and the reference-style step, system for the others.",
+    )
+    parser.add_argument(
         "--output", default=None, help="Optional JSON file for all results."
     )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
+        keep = args.allocator == "keep" or (
+            args.allocator == "auto" and args._side in ("torch", "reference")
+        )
+        if keep:
+            _keep_freed_memory()
         if args._side == "reference":
             run_reference(args._child, args.steps)
         else:
