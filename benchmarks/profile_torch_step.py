@@ -44,7 +44,7 @@ def profile_keras(name, steps, rows):
     import keras_dino
 
     cfg = bench.CONFIGS[name]
-    keras.utils.set_random_seed(0)
+    bench.seed_without_tensorflow(0)
     backbone = keras_dino.models.ViTBackbone.from_variant(
         cfg["variant"],
         patch_size=cfg["patch_size"],

@@ -25,7 +25,7 @@ Usage:
         [--backends jax,tensorflow,tensorflow+xla,torch] \
         [--rounds 3] [--steps 6] [--dtype_policy float32|mixed_bfloat16]
         [--jit_compile auto|true|false] [--input auto|pydataset|tf.data]
-        [--allocator auto|keep|system]
+        [--allocator auto|keep|system] [--other_frameworks block|allow]
 
 The Keras side gets the same batch at every step: through `tf.data` on
 TensorFlow, and through a `keras.utils.PyDataset` on JAX and PyTorch, so
@@ -37,6 +37,21 @@ reuse instead of unmapped) or the system's defaults. `auto` (the default,
 as `recipes/pretrain.py` does) keeps freed memory on the PyTorch backend,
 and for the reference-style step it is compared with (the same engine; it
 was not faster for it), and leaves the defaults on JAX and TensorFlow.
+
+`--other_frameworks block` (the default) runs each Keras backend as on a
+machine where only that framework is installed: the child process makes
+the other two frameworks' imports fail (`sys.modules[name] = None`).
+Keras 3.15 otherwise imports JAX in every process where it is installed
+(`keras/src/callbacks/orbax_checkpoint.py`) and TensorFlow whenever it
+serialises a config (`serialize_keras_object` checks for
+`tf.TensorShape`), which adds 0.1 GB and 0.45 GB of resident memory
+(shared libraries and start-up allocations) to a PyTorch process that
+uses neither; the reference's process imports PyTorch alone. `allow`
+measures with whatever is installed importable. `tf.data` input keeps
+TensorFlow importable. Besides the peak, each run reports the resident
+memory just before its first step (`start GB`), so that the memory of the
+step itself (peak minus start) can be compared apart from what the
+imports cost.
 
 `--dtype_policy mixed_bfloat16` computes the backbones in bfloat16 (heads,
 loss and weights stay float32); the reference step stays float32, as the
@@ -163,7 +178,33 @@ def _peak_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _report(step_times, batch):
+def _resident_gb():
+    """The process's resident memory now, in GiB (Linux; else NaN)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1024**3
+
+
+def _block_other_frameworks(side, input_pipeline):
+    """Makes importing the frameworks that `side` does not use fail.
+
+    As on a machine where only the side's framework is installed (see
+    `--other_frameworks`); `tf.data` input keeps TensorFlow importable.
+    """
+    frameworks = {"tensorflow", "jax", "torch"}
+    keep = {"reference": "torch"}.get(side, side)
+    frameworks.discard(keep)
+    if input_pipeline == "tf.data":
+        frameworks.discard("tensorflow")
+    for name in frameworks:
+        if name not in sys.modules:
+            sys.modules[name] = None
+
+
+def _report(step_times, batch, start_gb):
     import numpy as np
 
     times = np.asarray(step_times)
@@ -175,6 +216,7 @@ def _report(step_times, batch):
                 "step_min_s": float(times.min()),
                 "step_max_s": float(times.max()),
                 "peak_gb": _peak_gb(),
+                "start_gb": start_gb,
             }
         )
     )
@@ -209,6 +251,34 @@ def _same_batch_dataset(crops, input_pipeline):
     return SameBatch()
 
 
+def seed_without_tensorflow(seed):
+    """Seeds Python, NumPy and the backend, as `keras.utils.set_random_seed`
+    does, without importing TensorFlow into a JAX or PyTorch process.
+
+    `keras.utils.set_random_seed` imports TensorFlow whenever it is
+    installed, to seed `tf.data`. The steps here read no `tf.data` on JAX
+    and PyTorch, and the import alone added 0.45 GB to the peak resident
+    memory of a PyTorch run (shared libraries and TensorFlow's start-up
+    allocations), which the reference's process does not carry. Keras's
+    initializers and seed generators without an explicit seed draw theirs
+    from Python's `random`, so this fixes the initial weights all the same.
+    """
+    import random
+
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
 def run_keras(
     name,
     steps,
@@ -223,7 +293,7 @@ def run_keras(
     import keras_dino
 
     cfg = CONFIGS[name]
-    keras.utils.set_random_seed(0)
+    seed_without_tensorflow(0)
     backbone = keras_dino.models.ViTBackbone.from_variant(
         cfg["variant"],
         patch_size=cfg["patch_size"],
@@ -251,6 +321,9 @@ def run_keras(
             super().__init__()
             self.times = []
 
+        def on_train_begin(self, logs=None):
+            self.start_gb = _resident_gb()
+
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
 
@@ -264,7 +337,11 @@ def run_keras(
         verbose=0,
         callbacks=[stamps],
     )
-    _report(np.diff(stamps.times[WARMUP_STEPS - 1 :]), cfg["batch"])
+    _report(
+        np.diff(stamps.times[WARMUP_STEPS - 1 :]),
+        cfg["batch"],
+        stamps.start_gb,
+    )
 
 
 def _keep_freed_memory():
@@ -333,12 +410,13 @@ def run_reference(name, steps):
     """Runs in the subprocess: the reference-style plain-PyTorch step."""
     total = WARMUP_STEPS + steps
     model, crops = build_reference(name, total)
+    start_gb = _resident_gb()
     times = []
     for _ in range(total):
         start = time.perf_counter()
         model.train_step(crops)
         times.append(time.perf_counter() - start)
-    _report(times[WARMUP_STEPS:], CONFIGS[name]["batch"])
+    _report(times[WARMUP_STEPS:], CONFIGS[name]["batch"], start_gb)
 
 
 def _child(name, side, steps, args):
@@ -369,6 +447,8 @@ def _child(name, side, steps, args):
         args.input,
         "--allocator",
         args.allocator,
+        "--other_frameworks",
+        args.other_frameworks,
     ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -442,12 +522,27 @@ def main():
         "backend and the reference-style step, system for the others.",
     )
     parser.add_argument(
+        "--other_frameworks",
+        default="block",
+        choices=["block", "allow"],
+        help="block: each side's process cannot import the frameworks it "
+        "does not use (as where only its framework is installed); allow: "
+        "whatever is installed can be imported (Keras imports JAX, and "
+        "TensorFlow when it serialises a config).",
+    )
+    parser.add_argument(
         "--output", default=None, help="Optional JSON file for all results."
     )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
+        if args.other_frameworks == "block":
+            pipeline = args.input
+            if pipeline == "auto":
+                tf_side = args._side == "tensorflow"
+                pipeline = "tf.data" if tf_side else "pydataset"
+            _block_other_frameworks(args._side, pipeline)
         keep = args.allocator == "keep" or (
             args.allocator == "auto" and args._side in ("torch", "reference")
         )
@@ -494,9 +589,10 @@ def main():
     )
     print(
         "| config | side | img/s | vs reference (min-max) | step s min-max "
-        "| peak GB | GFLOP/s | % of numpy GEMM |"
+        "| peak GB | start GB | GFLOP/s | % of numpy GEMM |"
     )
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
+    nan = float("nan")
     for name in configs:
         flops = step_flops_per_image(CONFIGS[name])
         reference = results.get((name, "reference"), [])
@@ -518,7 +614,9 @@ def main():
                 f"{_ratio_cell(ratios) if side != 'reference' else '1'} | "
                 f"{min(r['step_min_s'] for r in runs):.2f}-"
                 f"{max(r['step_max_s'] for r in runs):.2f} | "
-                f"{max(r['peak_gb'] for r in runs):.2f} | {gflops:.0f} | "
+                f"{max(r['peak_gb'] for r in runs):.2f} | "
+                f"{max(r.get('start_gb', nan) for r in runs):.2f} | "
+                f"{gflops:.0f} | "
                 f"{100 * gflops / rates['numpy']:.0f}% |"
             )
     if args.output:
