@@ -13,14 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-# --no-compile: pip would byte-compile every installed module (TensorFlow,
-# PyTorch, JAX, transformers, ...), most of which no test imports; Python
-# compiles and caches the ones imported on first use instead. A fresh
-# install from pip's cache took 112 s with --no-compile and 189 s without,
-# the first import of torch, tensorflow, jax, keras and transformers
-# included.
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check
-  --no-compile)
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA one.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[test]"
