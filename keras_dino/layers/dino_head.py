@@ -123,8 +123,17 @@ class DINOHead(keras.layers.Layer):
                 x = keras.activations.gelu(x, approximate=False)
         norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
         x = x / ops.maximum(norm, 1e-12)
-        kernel = ops.cast(self.last_layer_kernel(), x.dtype)
-        return ops.matmul(x, kernel)
+        # x @ (v * g / ||v||) computed as (x @ v) * (g / ||v||): the same
+        # product, scaled per output column after it instead of before.
+        # XLA:CPU fuses the scaling into the product's operand and falls
+        # back to a slow loop for it: the teacher's 16 rows of CFG-S
+        # (out_dim 65,536) took 7.8 s against 0.2 s this way.
+        v = self.last_layer_v
+        scale = self.last_layer_g / ops.sqrt(
+            ops.sum(ops.square(v), axis=0, keepdims=True)
+        )
+        out = ops.matmul(x, ops.cast(v, x.dtype))
+        return out * ops.cast(scale, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.out_dim,)
