@@ -9,9 +9,10 @@ from keras_dino.utils.fused_linear import fused_linear
 class Dense(keras.layers.Dense):
     """`keras.layers.Dense` that adds its bias inside the product.
 
-    The same layer, weights and results as `keras.layers.Dense`; on the
-    PyTorch backend the product and the bias are one `addmm`, as in the
-    reference's `nn.Linear` (see `keras_dino.utils.fused_linear`). A
+    The same layer, weights and results as `keras.layers.Dense`. The
+    product runs on the input flattened to 2-D, and on the PyTorch backend
+    the product and the bias are one `addmm`, as in the reference's
+    `nn.Linear` (see `keras_dino.utils.fused_linear`). A
     quantized or LoRA-enabled layer, or one without a bias, runs
     `keras.layers.Dense.call` unchanged.
 

@@ -8,8 +8,8 @@ are faster, with the same result:
   The weight gradient is then one 2-D product with a single contracted
   dimension. On XLA:CPU (JAX), the 3-D form contracts over batch and
   tokens together and its gradient took up to 2.5 times as long: 98 ms
-  against 39 ms for the weight and input gradients of a CFG-C MLP layer
-  (`(64, 65, 192) x (192, 768)`), bit-identical results.
+  against 39 ms for the forward pass and both gradients of a CFG-C MLP
+  layer (`(64, 65, 192) x (192, 768)`), bit-identical results.
 * On PyTorch, `addmm` starts the product from the broadcast bias, as the
   reference's `nn.Linear` does: one pass fewer over every activation of
   every linear layer, forward and backward. Other backends add the bias
